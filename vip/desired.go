@@ -1,0 +1,316 @@
+package vip
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Resolver turns a task's host name into addresses. The daemon uses the
+// system resolver with a cache; tests use a map.
+type Resolver interface {
+	LookupHost(host string) ([]netip.Addr, error)
+}
+
+// Config is what Desired needs besides the apps.
+type Config struct {
+	Pool4     netip.Prefix // named IPv4 VIP addresses come from here
+	Pool6     netip.Prefix // named IPv6 VIP addresses come from here
+	Domain    string       // zone of named VIPs, DefaultDomain when empty
+	Framework string       // framework label in names, FrameworkMarathon when empty
+	Resolver  Resolver     // for task hosts that are names; nil accepts literals only
+	Previous  Allocations  // earlier named VIP addresses, kept while their VIP lives
+}
+
+// decl is one VIP label of one port of one app, for one protocol.
+type decl struct {
+	spec  Spec
+	proto Proto
+	app   string
+	label string
+}
+
+// group is every declaration of the same VIP, with the union of backends.
+type group struct {
+	spec     Spec
+	proto    Proto
+	apps     map[string]bool
+	backends map[netip.AddrPort]Backend
+	labels   []string // app/label pairs, for problems
+}
+
+// Desired computes the desired state from Marathon apps: the VIPs their port
+// labels declare, each with the backends of the apps' tasks and an address.
+// What is malformed is returned as problems and skipped; everything else is
+// kept. Desired is a pure function of its input (and of the resolver).
+func Desired(apps []App, cfg Config) (State, []Problem) {
+	if cfg.Domain == "" {
+		cfg.Domain = DefaultDomain
+	}
+	if cfg.Framework == "" {
+		cfg.Framework = FrameworkMarathon
+	}
+	if !cfg.Pool4.IsValid() {
+		cfg.Pool4 = DefaultPool4
+	}
+	if !cfg.Pool6.IsValid() {
+		cfg.Pool6 = DefaultPool6
+	}
+	var problems []Problem
+	groups := map[string]*group{}
+	seen := map[string]bool{}
+
+	sorted := slices.Clone(apps)
+	slices.SortStableFunc(sorted, func(a, b App) int { return strings.Compare(a.ID, b.ID) })
+	for _, app := range sorted {
+		if seen[app.ID] {
+			problems = append(problems, Problem{App: app.ID, Reason: "duplicate app id: the first definition is used"})
+			continue
+		}
+		seen[app.ID] = true
+		ports, mode := appPorts(app)
+		tasks, taskProblems := parseTasks(app)
+		problems = append(problems, taskProblems...)
+		for i, port := range ports {
+			decls, declProblems := portDecls(app.ID, port, cfg)
+			problems = append(problems, declProblems...)
+			if len(decls) == 0 {
+				continue
+			}
+			backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
+			problems = append(problems, beProblems...)
+			for _, d := range decls {
+				k := groupKey(d.spec, d.proto)
+				g := groups[k]
+				if g == nil {
+					g = &group{spec: d.spec, proto: d.proto, apps: map[string]bool{}, backends: map[netip.AddrPort]Backend{}}
+					groups[k] = g
+				}
+				g.apps[d.app] = true
+				g.labels = append(g.labels, d.app+" "+d.label)
+				for _, b := range backends {
+					addBackend(g.backends, b)
+				}
+			}
+		}
+	}
+
+	state, buildProblems := build(groups, cfg)
+	problems = append(problems, buildProblems...)
+	return state, sortProblems(problems)
+}
+
+// sortProblems orders problems by app, label, task and reason and drops
+// repeats (a task's problem shows up once per VIP port it backs).
+func sortProblems(ps []Problem) []Problem {
+	slices.SortFunc(ps, func(a, b Problem) int {
+		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Label, b.Label),
+			strings.Compare(a.Task, b.Task), strings.Compare(a.Reason, b.Reason))
+	})
+	return slices.Compact(ps)
+}
+
+// addBackend merges b into the set; when two tasks share an address and port
+// the best state wins (active, then draining, then unhealthy).
+func addBackend(set map[netip.AddrPort]Backend, b Backend) {
+	old, ok := set[b.AddrPort()]
+	if !ok || b.State < old.State || (b.State == old.State && b.Task < old.Task) {
+		set[b.AddrPort()] = b
+	}
+}
+
+func groupKey(s Spec, p Proto) string {
+	if s.Name != "" {
+		return fmt.Sprintf("n %s %d %d", s.Name, s.Port, p)
+	}
+	return fmt.Sprintf("i %s %d %d", s.IP, s.Port, p)
+}
+
+// portDecls reads the VIP labels of one port, sorted by label key.
+func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
+	var keys []string
+	for k := range port.Labels {
+		if IsLabelKey(k) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	slices.Sort(keys)
+	var out []decl
+	var problems []Problem
+	protos, err := Protocols(port.Protocol)
+	if err != nil {
+		for _, k := range keys {
+			problems = append(problems, Problem{App: appID, Label: k, Reason: err.Error()})
+		}
+		return nil, problems
+	}
+	for _, k := range keys {
+		var value string
+		if err := json.Unmarshal(port.Labels[k], &value); err != nil {
+			problems = append(problems, Problem{App: appID, Label: k, Reason: "label value is not a string: " + string(port.Labels[k])})
+			continue
+		}
+		spec, err := ParseLabel(value, cfg.Framework, cfg.Domain)
+		if err != nil {
+			problems = append(problems, Problem{App: appID, Label: k, Reason: err.Error()})
+			continue
+		}
+		for _, p := range protos {
+			out = append(out, decl{spec: spec, proto: p, app: appID, label: k})
+		}
+	}
+	return out, problems
+}
+
+// build turns groups into VIPs: addresses for named VIPs, family checks for
+// IP VIPs, sorted output.
+func build(groups map[string]*group, cfg Config) (State, []Problem) {
+	var problems []Problem
+	keys := slices.Sorted(maps.Keys(groups))
+
+	// IP VIP addresses are reserved: the allocator never hands them out.
+	reserved := map[netip.Addr]bool{}
+	for _, k := range keys {
+		if g := groups[k]; g.spec.Name == "" {
+			reserved[g.spec.IP] = true
+		}
+	}
+
+	// Which families each name needs: IPv4 when it has IPv4 backends or no
+	// backends at all, IPv6 when it has IPv6 backends.
+	type fams struct{ v4, v6 bool }
+	need := map[string]*fams{}
+	for _, k := range keys {
+		g := groups[k]
+		if g.spec.Name == "" {
+			continue
+		}
+		f := need[g.spec.Name]
+		if f == nil {
+			f = &fams{}
+			need[g.spec.Name] = f
+		}
+		for ap := range g.backends {
+			if ap.Addr().Is4() {
+				f.v4 = true
+			} else {
+				f.v6 = true
+			}
+		}
+	}
+	var names4, names6 []string
+	for name, f := range need {
+		if !f.v6 {
+			f.v4 = true
+		}
+		if f.v4 {
+			names4 = append(names4, name)
+		}
+		if f.v6 {
+			names6 = append(names6, name)
+		}
+	}
+	alloc4, errs4 := allocate(newPool(cfg.Pool4), names4, cfg.Previous.V4, reserved)
+	alloc6, errs6 := allocate(newPool(cfg.Pool6), names6, cfg.Previous.V6, reserved)
+
+	// A named VIP that already holds an address keeps it; an IP VIP that
+	// asks for it is refused.
+	owner := map[netip.Addr]string{}
+	for name, a := range alloc4 {
+		owner[a] = name
+	}
+	for name, a := range alloc6 {
+		owner[a] = name
+	}
+
+	var vips []VIP
+	reported := map[string]bool{}
+	for _, k := range keys {
+		g := groups[k]
+		if g.spec.Name == "" {
+			if name, ok := owner[g.spec.IP]; ok {
+				problems = append(problems, groupProblems(g, fmt.Sprintf("IP VIP address %s is in use by named VIP %s", g.spec.IP, name))...)
+				continue
+			}
+			v := newVIP(g, g.spec.IP)
+			for ap, b := range g.backends {
+				if ap.Addr().Is4() != g.spec.IP.Is4() {
+					problems = append(problems, Problem{App: b.App, Task: b.Task,
+						Reason: fmt.Sprintf("backend %s does not match the address family of IP VIP %s", ap, v)})
+					continue
+				}
+				v.Backends = append(v.Backends, b)
+			}
+			vips = append(vips, finish(v))
+			continue
+		}
+		for _, fam := range []struct {
+			alloc map[string]netip.Addr
+			errs  map[string]error
+			is4   bool
+		}{{alloc4, errs4, true}, {alloc6, errs6, false}} {
+			if err, ok := fam.errs[g.spec.Name]; ok {
+				if !reported[g.spec.Name+fmt.Sprint(fam.is4)] {
+					reported[g.spec.Name+fmt.Sprint(fam.is4)] = true
+					problems = append(problems, groupProblems(g, err.Error())...)
+				}
+				continue
+			}
+			a, ok := fam.alloc[g.spec.Name]
+			if !ok {
+				continue
+			}
+			v := newVIP(g, a)
+			for ap, b := range g.backends {
+				if ap.Addr().Is4() == fam.is4 {
+					v.Backends = append(v.Backends, b)
+				}
+			}
+			vips = append(vips, finish(v))
+		}
+	}
+	slices.SortFunc(vips, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
+	return State{
+		VIPs:        vips,
+		Pool4:       cfg.Pool4,
+		Pool6:       cfg.Pool6,
+		Allocations: Allocations{V4: alloc4, V6: alloc6},
+	}, problems
+}
+
+func newVIP(g *group, addr netip.Addr) VIP {
+	return VIP{
+		Name:  g.spec.Name,
+		Addr:  addr,
+		Port:  g.spec.Port,
+		Proto: g.proto,
+		Apps:  slices.Sorted(maps.Keys(g.apps)),
+	}
+}
+
+func finish(v VIP) VIP {
+	slices.SortFunc(v.Backends, func(a, b Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
+	return v
+}
+
+// groupProblems reports a problem once for every app label behind a group.
+func groupProblems(g *group, reason string) []Problem {
+	var out []Problem
+	seen := map[string]bool{}
+	for _, l := range g.labels {
+		if seen[l] {
+			continue
+		}
+		seen[l] = true
+		app, label, _ := strings.Cut(l, " ")
+		out = append(out, Problem{App: app, Label: label, Reason: reason})
+	}
+	return out
+}

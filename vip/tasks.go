@@ -1,0 +1,277 @@
+package vip
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// netMode is how an app's tasks are reached.
+type netMode uint8
+
+const (
+	modeHost      netMode = iota // host networking: task host and task ports
+	modeBridge                   // Docker or UCR bridge: task host and host ports
+	modeContainer                // container (virtual) networks: task addresses
+)
+
+func (m netMode) String() string {
+	return [...]string{"host", "bridge", "container"}[m]
+}
+
+// appPort is one port of an app with what is needed to find its backends.
+type appPort struct {
+	Port
+	mapping   bool // from a portMappings list, not from portDefinitions
+	hostIndex int  // index into a task's ports, -1 when the port has no host port
+}
+
+// appPorts lists an app's ports in the order Marathon gives them, with the
+// index of each port's host port in a task's "ports".
+func appPorts(app App) ([]appPort, netMode) {
+	mode := networkMode(app)
+	var list []Port
+	mapping := false
+	switch {
+	case app.Container != nil && len(app.Container.PortMappings) > 0:
+		list, mapping = app.Container.PortMappings, true
+	case app.Container != nil && app.Container.Docker != nil && len(app.Container.Docker.PortMappings) > 0:
+		list, mapping = app.Container.Docker.PortMappings, true
+	default:
+		list = app.PortDefinitions
+	}
+	out := make([]appPort, 0, len(list))
+	next := 0
+	for _, p := range list {
+		ap := appPort{Port: p, mapping: mapping, hostIndex: -1}
+		// portDefinitions always have a host port; bridge mappings always do
+		// (0 means "pick one"); a mapping on a container network has one only
+		// when it names a hostPort.
+		if !mapping || mode != modeContainer || p.HostPort != nil {
+			ap.hostIndex = next
+			next++
+		}
+		out = append(out, ap)
+	}
+	return out, mode
+}
+
+// networkMode reads the networking mode from Marathon >= 1.5 "networks", from
+// the Docker network of older versions, or from "ipAddress".
+func networkMode(app App) netMode {
+	for _, n := range app.Networks {
+		switch strings.ToLower(n.Mode) {
+		case "container/bridge":
+			return modeBridge
+		case "container":
+			return modeContainer
+		case "host":
+			return modeHost
+		}
+	}
+	if app.Container != nil && app.Container.Docker != nil {
+		switch strings.ToUpper(app.Container.Docker.Network) {
+		case "BRIDGE":
+			return modeBridge
+		case "USER":
+			return modeContainer
+		case "HOST":
+			return modeHost
+		}
+	}
+	if app.IPAddress != nil {
+		return modeContainer
+	}
+	return modeHost
+}
+
+// taskStatus is where a task stands for load balancing.
+type taskStatus uint8
+
+const (
+	statusSkip taskStatus = iota // not started yet, or gone: not a backend
+	statusActive
+	statusDraining
+	statusUnhealthy
+)
+
+// terminal task states: the task is gone and its connections are flushed.
+var terminalStates = map[string]bool{
+	"TASK_FINISHED": true, "TASK_FAILED": true, "TASK_KILLED": true, "TASK_ERROR": true,
+	"TASK_LOST": true, "TASK_DROPPED": true, "TASK_GONE": true, "TASK_GONE_BY_OPERATOR": true,
+}
+
+// status applies the health rules. A TASK_RUNNING task is active when the app
+// has no health checks, or when there is a result for every check and every
+// result is alive; before its first results it is not active. TASK_KILLING
+// drains whatever the health. TASK_UNREACHABLE and TASK_UNKNOWN are
+// unhealthy. Tasks not yet running and tasks in a terminal state are not
+// backends.
+func status(t Task, healthChecks int) (taskStatus, error) {
+	switch t.State {
+	case "TASK_RUNNING":
+		if healthChecks == 0 {
+			return statusActive, nil
+		}
+		if len(t.HealthCheckResults) < healthChecks {
+			return statusUnhealthy, nil
+		}
+		for _, r := range t.HealthCheckResults {
+			if !r.Alive {
+				return statusUnhealthy, nil
+			}
+		}
+		return statusActive, nil
+	case "TASK_KILLING":
+		return statusDraining, nil
+	case "TASK_UNREACHABLE", "TASK_UNKNOWN":
+		return statusUnhealthy, nil
+	case "TASK_STAGING", "TASK_STARTING":
+		return statusSkip, nil
+	case "":
+		return statusSkip, fmt.Errorf("task has no state")
+	}
+	if terminalStates[t.State] {
+		return statusSkip, nil
+	}
+	return statusSkip, fmt.Errorf("unknown task state %q", t.State)
+}
+
+func (s taskStatus) backendState() BackendState {
+	switch s {
+	case statusDraining:
+		return Draining
+	case statusUnhealthy:
+		return Unhealthy
+	}
+	return Active
+}
+
+// liveTask is a task that is a backend, with its decoded fields.
+type liveTask struct {
+	Task
+	state BackendState
+}
+
+// parseTasks decodes an app's tasks one by one, so that one malformed task
+// is reported and the others kept, and drops tasks that are not backends.
+func parseTasks(app App) ([]liveTask, []Problem) {
+	var out []liveTask
+	var problems []Problem
+	for i, raw := range app.Tasks {
+		var t Task
+		if err := json.Unmarshal(raw, &t); err != nil {
+			problems = append(problems, Problem{App: app.ID, Task: rawTaskID(raw, i), Reason: "malformed task: " + err.Error()})
+			continue
+		}
+		if t.ID == "" {
+			t.ID = fmt.Sprintf("#%d", i)
+		}
+		st, err := status(t, len(app.HealthChecks))
+		if err != nil {
+			problems = append(problems, Problem{App: app.ID, Task: t.ID, Reason: err.Error()})
+			continue
+		}
+		if st == statusSkip {
+			continue
+		}
+		out = append(out, liveTask{Task: t, state: st.backendState()})
+	}
+	return out, problems
+}
+
+func rawTaskID(raw json.RawMessage, i int) string {
+	var probe struct {
+		ID any `json:"id"`
+	}
+	if json.Unmarshal(raw, &probe) == nil {
+		if s, ok := probe.ID.(string); ok && s != "" {
+			return s
+		}
+	}
+	return fmt.Sprintf("#%d", i)
+}
+
+// portBackends finds the backends of port i for every live task:
+//   - a port with a host port (host networking, bridge, or a mapping that
+//     names a hostPort) is served at the task's host and its host port;
+//   - a mapping on a container network without a host port is served at
+//     each of the task's addresses and the container port.
+func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTask, r Resolver) ([]Backend, []Problem) {
+	port := ports[i]
+	var out []Backend
+	var problems []Problem
+	for _, t := range tasks {
+		bad := func(format string, args ...any) {
+			problems = append(problems, Problem{App: app.ID, Task: t.ID, Reason: fmt.Sprintf(format, args...)})
+		}
+		if port.hostIndex >= 0 {
+			if port.hostIndex >= len(t.Ports) {
+				bad("task has %d host ports, port %d of the app needs index %d", len(t.Ports), i, port.hostIndex)
+				continue
+			}
+			hp := t.Ports[port.hostIndex]
+			if hp < 1 || hp > 65535 {
+				bad("host port %d out of range 1..65535", hp)
+				continue
+			}
+			addr, err := hostAddr(t.Host, r)
+			if err != nil {
+				bad("%v", err)
+				continue
+			}
+			out = append(out, Backend{Addr: addr, Port: uint16(hp), State: t.state, Task: t.ID, App: app.ID})
+			continue
+		}
+		if port.ContainerPort == nil || *port.ContainerPort < 1 || *port.ContainerPort > 65535 {
+			bad("port mapping %d on a %s network has no usable containerPort", i, mode)
+			continue
+		}
+		if len(t.IPAddresses) == 0 {
+			bad("task on a %s network has no ipAddresses", mode)
+			continue
+		}
+		for _, ip := range t.IPAddresses {
+			a, err := netip.ParseAddr(ip.IPAddress)
+			if err != nil || a.Zone() != "" {
+				bad("task ipAddress %q is not an IP address", ip.IPAddress)
+				continue
+			}
+			out = append(out, Backend{Addr: a.Unmap(), Port: uint16(*port.ContainerPort), State: t.state, Task: t.ID, App: app.ID})
+		}
+	}
+	return out, problems
+}
+
+// hostAddr returns a task host's address: the literal, or the first IPv4
+// address the resolver gives for a name (IPv6 when it has no IPv4).
+func hostAddr(host string, r Resolver) (netip.Addr, error) {
+	if host == "" {
+		return netip.Addr{}, fmt.Errorf("task has no host")
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Zone() == "" {
+		return a.Unmap(), nil
+	}
+	if r == nil {
+		return netip.Addr{}, fmt.Errorf("task host %q is not an address and no resolver is set", host)
+	}
+	addrs, err := r.LookupHost(host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("resolve task host %q: %w", host, err)
+	}
+	var v6 netip.Addr
+	for _, a := range addrs {
+		a = a.Unmap()
+		if a.Is4() {
+			return a, nil
+		}
+		if !v6.IsValid() {
+			v6 = a
+		}
+	}
+	if v6.IsValid() {
+		return v6, nil
+	}
+	return netip.Addr{}, fmt.Errorf("task host %q resolves to no address", host)
+}
