@@ -1,0 +1,166 @@
+// Package nat compiles the desired state into l4lb's nftables ruleset and
+// programs it into the kernel over netlink.
+//
+// The layout (DESIGN section 2) has no per-VIP chains or sets, so that the
+// per-packet cost and the cost of a change do not grow with the number of
+// VIPs:
+//
+//	map vips4 { type ipv4_addr . inet_proto . inet_service : verdict }   VIP -> goto lbN
+//	map be4   { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport }
+//	chain lb3 { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @be4 }
+//
+// One shared backend map is keyed by VIP, protocol, port and slot; one small
+// chain per backend count N is shared by every VIP with N active backends.
+// Compile is pure; the kernel adapter lives in kernel.go.
+package nat
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// Names of the objects in l4lb's table. The table is l4lb's alone; the
+// names carry no prefix.
+const (
+	DefaultTable = "l4lb"
+
+	mapVIPs4     = "vips4"
+	mapVIPs6     = "vips6"
+	mapBackends4 = "be4"
+	mapBackends6 = "be6"
+	setIPVIPs4   = "ipvips4"
+	setIPVIPs6   = "ipvips6"
+	setHairpin4  = "hairpin4"
+	setHairpin6  = "hairpin6"
+
+	chainPrerouting  = "nat-prerouting"
+	chainOutput      = "nat-output"
+	chainPostrouting = "nat-postrouting"
+	chainRefuse      = "refuse"
+	chainLBPrefix    = "lb"
+)
+
+// MaxComment is the longest comment nftables accepts.
+const MaxComment = 128
+
+// Ruleset is the compiled form of the desired state: plain data that the
+// text form and the kernel adapter both render.
+type Ruleset struct {
+	Table    string
+	Pool4    netip.Prefix
+	Pool6    netip.Prefix
+	VIPs     []VIPElem     // elements of vips4 and vips6, sorted by key
+	Backends []BackendElem // elements of be4 and be6, sorted by VIP and slot
+	IPVIPs   []netip.Addr  // addresses of IP VIPs: other ports on them are refused
+	Hairpin  []netip.Addr  // addresses of active backends, masqueraded when they reach themselves
+}
+
+// VIPElem is one VIP's element in the VIP map: it jumps to lbN, or to
+// refuse when the VIP has no active backend.
+type VIPElem struct {
+	Key      vip.Key
+	Backends int // active backends, the N of lbN
+	Comment  string
+}
+
+// BackendElem is one active backend of a VIP in a slot of the backend map.
+type BackendElem struct {
+	VIP     vip.Key
+	Slot    int
+	Backend netip.AddrPort
+}
+
+// Verdict is the chain the element jumps to.
+func (e VIPElem) Verdict() string {
+	if e.Backends == 0 {
+		return chainRefuse
+	}
+	return lbChain(e.Backends)
+}
+
+func lbChain(n int) string { return chainLBPrefix + strconv.Itoa(n) }
+
+// Compile turns the desired state into the ruleset. Active backends take
+// slots 0..N-1 in address order.
+func Compile(s vip.State, table string) *Ruleset {
+	if table == "" {
+		table = DefaultTable
+	}
+	r := &Ruleset{Table: table, Pool4: s.Pool4.Masked(), Pool6: s.Pool6.Masked()}
+	ipvips := map[netip.Addr]bool{}
+	hairpin := map[netip.Addr]bool{}
+	for _, v := range s.VIPs {
+		active := v.Active()
+		r.VIPs = append(r.VIPs, VIPElem{Key: v.Key(), Backends: len(active), Comment: Comment(v)})
+		for i, b := range active {
+			r.Backends = append(r.Backends, BackendElem{VIP: v.Key(), Slot: i, Backend: b.AddrPort()})
+			hairpin[b.Addr] = true
+		}
+		if v.Name == "" {
+			ipvips[v.Addr] = true
+		}
+	}
+	r.Sort()
+	r.IPVIPs = sortedAddrs(ipvips)
+	r.Hairpin = sortedAddrs(hairpin)
+	return r
+}
+
+// Sort puts the elements in canonical order.
+func (r *Ruleset) Sort() {
+	slices.SortFunc(r.VIPs, func(a, b VIPElem) int { return a.Key.Compare(b.Key) })
+	slices.SortFunc(r.Backends, func(a, b BackendElem) int {
+		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Slot, b.Slot))
+	})
+}
+
+func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// LBCounts returns the distinct backend counts in use: the lbN chains the
+// ruleset needs.
+func (r *Ruleset) LBCounts() []int {
+	seen := map[int]bool{}
+	var out []int
+	for _, v := range r.VIPs {
+		if v.Backends > 0 && !seen[v.Backends] {
+			seen[v.Backends] = true
+			out = append(out, v.Backends)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Comment is the audit comment of a VIP: "name:port/proto" first, then the
+// ids of the apps that declare it, cut to fit nftables' 128 bytes.
+func Comment(v vip.VIP) string {
+	s := v.String()
+	if len(v.Apps) > 0 {
+		s += " " + strings.Join(v.Apps, ",")
+	}
+	return truncate(s, MaxComment)
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && s[i]&0xC0 == 0x80 {
+		i--
+	}
+	return s[:i]
+}
