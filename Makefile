@@ -1,0 +1,62 @@
+# l4lb: name-based VIPs and layer-4 load balancing on nftables.
+# `make demo` and `make test` do all set-up on a fresh machine (Debian, root).
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+GO       ?= go
+BIN      := bin/l4lb
+PKGS     := ./...
+# Debian packages the tests, demo and bench run: the tools are independent
+# witnesses (nft, conntrack, dig) and load generators (iperf3, dnsperf).
+APT_PKGS := nftables iproute2 conntrack iperf3 dnsutils dnsperf socat curl iptables procps ca-certificates
+APT_BINS := nft ip conntrack iperf3 dig dnsperf socat curl iptables sysctl
+
+.PHONY: all build test test-short lint fmt demo deps deps-apt deps-go fuzz clean
+
+all: build
+
+## deps: install the Debian packages and Go modules everything here needs
+deps: deps-apt deps-go
+
+deps-apt:
+	@missing=0; for b in $(APT_BINS); do command -v $$b >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		echo "installing Debian packages: $(APT_PKGS)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
+	fi
+
+deps-go:
+	$(GO) mod download
+
+## build: the l4lb binary in bin/
+build:
+	$(GO) build -o $(BIN) ./cmd/l4lb
+
+## test: every test; kernel tests run in namespaces they create (root)
+test: deps build
+	$(GO) test -count=1 -timeout 30m $(PKGS)
+
+## test-short: the tests that need no root
+test-short:
+	$(GO) test -short $(PKGS)
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## fuzz: a short run of the parser fuzzer
+fuzz:
+	$(GO) test ./vip -run '^$$' -fuzz FuzzDesired -fuzztime 60s
+
+## demo: the main job on the embedded example, in namespaces it removes
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/vip"
+)
+
+// listFlag is a flag that may be repeated; each value may also hold several
+// comma-separated items.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l = append(*l, item)
+		}
+	}
+	return nil
+}
+
+// prefixFlag is a network prefix such as 11.0.0.0/8.
+type prefixFlag struct{ p *netip.Prefix }
+
+func (f prefixFlag) String() string {
+	if f.p == nil || !f.p.IsValid() {
+		return ""
+	}
+	return f.p.String()
+}
+
+func (f prefixFlag) Set(v string) error {
+	p, err := netip.ParsePrefix(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("not a prefix: %w", err)
+	}
+	*f.p = p.Masked()
+	return nil
+}
+
+// modelFlags are the flags that decide the desired state, shared by run and
+// render so that render prints exactly what run applies.
+type modelFlags struct {
+	sources  listFlag
+	pool4    netip.Prefix
+	pool6    netip.Prefix
+	stateDir string
+	table    string
+}
+
+func (m *modelFlags) register(fs *flag.FlagSet) {
+	m.pool4, m.pool6 = vip.DefaultPool4, vip.DefaultPool6
+	fs.Var(&m.sources, "source", "where apps come from: file:PATH or marathon:URL (repeat to merge)")
+	fs.Var(prefixFlag{&m.pool4}, "vip-pool", "IPv4 pool of named VIP addresses")
+	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
+	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
+	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
+}
+
+func (m *modelFlags) check() error {
+	if len(m.sources) == 0 {
+		return fmt.Errorf("%w: at least one --source is required", errUsage)
+	}
+	if !m.pool4.Addr().Is4() {
+		return fmt.Errorf("%w: --vip-pool %s is not an IPv4 prefix", errUsage, m.pool4)
+	}
+	if !m.pool6.Addr().Is6() || m.pool6.Addr().Is4In6() {
+		return fmt.Errorf("%w: --vip-pool6 %s is not an IPv6 prefix", errUsage, m.pool6)
+	}
+	if m.pool6.Bits() < 64 {
+		return fmt.Errorf("%w: --vip-pool6 %s: pools larger than a /64 are not supported", errUsage, m.pool6)
+	}
+	if m.table == "" || strings.ContainsAny(m.table, " \t\"'") {
+		return fmt.Errorf("%w: --table %q is not a usable table name", errUsage, m.table)
+	}
+	return nil
+}
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from its environment variable L4LB_<FLAG>.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := envName(f.Name)
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%w: %s=%q: %v", errUsage, env, v, e)
+			}
+		}
+	})
+	return err
+}
+
+// envName is the environment variable of a flag: --dns-listen reads
+// L4LB_DNS_LISTEN.
+func envName(flagName string) string {
+	return "L4LB_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

@@ -1,0 +1,82 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// File is a JSON file of Marathon apps: what GET /v2/apps?embed=apps.tasks
+// returns, a single app, or an array of apps.
+type File struct {
+	Path string
+	// Poll is how often Watch looks at the file; 200ms when zero.
+	Poll time.Duration
+}
+
+// NewFile returns the source for path.
+func NewFile(path string) *File { return &File{Path: path} }
+
+func (f *File) String() string { return "file:" + f.Path }
+
+// Load reads and parses the file. A file that is not JSON of the expected
+// shape is an error; apps inside it that do not decode are problems.
+func (f *File) Load(ctx context.Context) (Snapshot, error) {
+	data, err := os.ReadFile(f.Path)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("read apps: %w", err)
+	}
+	apps, problems, err := vip.ParseApps(data)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
+	}
+	return Snapshot{Apps: apps, Problems: problems}, nil
+}
+
+// Watch polls the file's stat and calls changed when the file changes. It
+// returns when ctx is done.
+func (f *File) Watch(ctx context.Context, changed func()) error {
+	poll := f.Poll
+	if poll == 0 {
+		poll = 200 * time.Millisecond
+	}
+	last := f.fingerprint()
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if fp := f.fingerprint(); !bytes.Equal(fp, last) {
+				last = fp
+				changed()
+			}
+		}
+	}
+}
+
+// fingerprint identifies the file's current version by its stat: inode,
+// size and the modification and change times (nanoseconds), so that atomic
+// renames and in-place writes both show, and appearing or vanishing too.
+func (f *File) fingerprint() []byte {
+	fi, err := os.Stat(f.Path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return []byte("missing")
+		}
+		return []byte("error: " + err.Error())
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Appendf(nil, "%d %d", fi.Size(), fi.ModTime().UnixNano())
+	}
+	return fmt.Appendf(nil, "%d %d %d %d.%d %d.%d", st.Dev, st.Ino, st.Size,
+		st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+}

@@ -1,0 +1,55 @@
+// Package source reads the inputs of the desired state: Marathon app
+// definitions from a file or from Marathon itself.
+package source
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// Snapshot is what a source held at one read.
+type Snapshot struct {
+	Apps     []vip.App
+	Problems []vip.Problem // apps that did not decode; the rest are in Apps
+}
+
+// Source produces Marathon apps. Load reads the current state; a failed or
+// invalid read returns an error, never a partial or empty state. Watch calls
+// changed whenever the source may have changed, until ctx is done; changes
+// are triggers, the data always comes from Load.
+type Source interface {
+	String() string
+	Load(ctx context.Context) (Snapshot, error)
+	Watch(ctx context.Context, changed func()) error
+}
+
+// Parse turns a source spec into a source: "file:PATH" or "marathon:URL".
+func Parse(spec string) (Source, error) {
+	kind, arg, ok := strings.Cut(spec, ":")
+	if !ok || arg == "" {
+		return nil, fmt.Errorf("source %q: want file:PATH or marathon:URL", spec)
+	}
+	switch kind {
+	case "file":
+		return NewFile(arg), nil
+	}
+	return nil, fmt.Errorf("source %q: unknown kind %q, want file:PATH or marathon:URL", spec, kind)
+}
+
+// LoadAll reads every source and merges their apps. It fails when any
+// source fails, so that a partial read never replaces a whole state.
+func LoadAll(ctx context.Context, sources []Source) (Snapshot, error) {
+	var out Snapshot
+	for _, s := range sources {
+		snap, err := s.Load(ctx)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("load %s: %w", s, err)
+		}
+		out.Apps = append(out.Apps, snap.Apps...)
+		out.Problems = append(out.Problems, snap.Problems...)
+	}
+	return out, nil
+}
