@@ -15,7 +15,6 @@
 package nat
 
 import (
-	"cmp"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -51,21 +50,31 @@ const MaxComment = 128
 // Ruleset is the compiled form of the desired state: plain data that the
 // text form and the kernel adapter both render.
 type Ruleset struct {
-	Table    string
-	Pool4    netip.Prefix
-	Pool6    netip.Prefix
-	VIPs     []VIPElem     // elements of vips4 and vips6, sorted by key
-	Backends []BackendElem // elements of be4 and be6, sorted by VIP and slot
-	IPVIPs   []netip.Addr  // addresses of IP VIPs: other ports on them are refused
-	Hairpin  []netip.Addr  // addresses of active backends, masqueraded when they reach themselves
+	Table   string
+	Pool4   netip.Prefix
+	Pool6   netip.Prefix
+	VIPs    []VIPElem    // elements of vips4 and vips6 with their backends, sorted by key
+	IPVIPs  []netip.Addr // addresses of IP VIPs: other ports on them are refused
+	Hairpin []netip.Addr // addresses of active backends, masqueraded when they reach themselves
 }
 
-// VIPElem is one VIP's element in the VIP map: it jumps to lbN, or to
-// refuse when the VIP has no active backend.
+// VIPElem is one VIP: its element in the VIP map, which jumps to lbN (or to
+// refuse when it has no active backend), and its N active backends, which
+// fill slots 0..N-1 of the backend map.
 type VIPElem struct {
 	Key      vip.Key
-	Backends int // active backends, the N of lbN
 	Comment  string
+	Backends []netip.AddrPort // slot i holds Backends[i]
+}
+
+// Verdict is the chain the element jumps to.
+func (e VIPElem) Verdict() string { return verdictFor(len(e.Backends)) }
+
+func verdictFor(n int) string {
+	if n == 0 {
+		return chainRefuse
+	}
+	return lbChain(n)
 }
 
 // BackendElem is one active backend of a VIP in a slot of the backend map.
@@ -75,12 +84,15 @@ type BackendElem struct {
 	Backend netip.AddrPort
 }
 
-// Verdict is the chain the element jumps to.
-func (e VIPElem) Verdict() string {
-	if e.Backends == 0 {
-		return chainRefuse
+// Backends lists the elements of the backend maps, by VIP and slot.
+func (r *Ruleset) Backends() []BackendElem {
+	var out []BackendElem
+	for _, v := range r.VIPs {
+		for i, b := range v.Backends {
+			out = append(out, BackendElem{VIP: v.Key, Slot: i, Backend: b})
+		}
 	}
-	return lbChain(e.Backends)
+	return out
 }
 
 func lbChain(n int) string { return chainLBPrefix + strconv.Itoa(n) }
@@ -95,12 +107,12 @@ func Compile(s vip.State, table string) *Ruleset {
 	ipvips := map[netip.Addr]bool{}
 	hairpin := map[netip.Addr]bool{}
 	for _, v := range s.VIPs {
-		active := v.Active()
-		r.VIPs = append(r.VIPs, VIPElem{Key: v.Key(), Backends: len(active), Comment: Comment(v)})
-		for i, b := range active {
-			r.Backends = append(r.Backends, BackendElem{VIP: v.Key(), Slot: i, Backend: b.AddrPort()})
+		e := VIPElem{Key: v.Key(), Comment: Comment(v)}
+		for _, b := range v.Active() {
+			e.Backends = append(e.Backends, b.AddrPort())
 			hairpin[b.Addr] = true
 		}
+		r.VIPs = append(r.VIPs, e)
 		if v.Name == "" {
 			ipvips[v.Addr] = true
 		}
@@ -111,12 +123,9 @@ func Compile(s vip.State, table string) *Ruleset {
 	return r
 }
 
-// Sort puts the elements in canonical order.
+// Sort puts the VIPs in canonical order.
 func (r *Ruleset) Sort() {
 	slices.SortFunc(r.VIPs, func(a, b VIPElem) int { return a.Key.Compare(b.Key) })
-	slices.SortFunc(r.Backends, func(a, b BackendElem) int {
-		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Slot, b.Slot))
-	})
 }
 
 func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
@@ -134,9 +143,9 @@ func (r *Ruleset) LBCounts() []int {
 	seen := map[int]bool{}
 	var out []int
 	for _, v := range r.VIPs {
-		if v.Backends > 0 && !seen[v.Backends] {
-			seen[v.Backends] = true
-			out = append(out, v.Backends)
+		if n := len(v.Backends); n > 0 && !seen[n] {
+			seen[n] = true
+			out = append(out, n)
 		}
 	}
 	slices.Sort(out)
