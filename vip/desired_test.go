@@ -443,7 +443,9 @@ func TestAllocationKeepsLiveAddresses(t *testing.T) {
 	// Pretend the address was assigned earlier somewhere else in the pool:
 	// it must be kept, not recomputed from the hash.
 	moved := netip.MustParseAddr("198.18.7.7")
-	s2, _ := desired(t, one, func(c *Config) { c.Previous = Allocations{V4: map[string]netip.Addr{"a.marathon.l4lb.thisdcos.directory": moved}} })
+	s2, _ := desired(t, one, func(c *Config) {
+		c.Previous = Allocations{V4: map[string]netip.Addr{"a.marathon.l4lb.thisdcos.directory": moved}}
+	})
 	if s2.VIPs[0].Addr != moved {
 		t.Errorf("live VIP moved from %s to %s", moved, s2.VIPs[0].Addr)
 	}

@@ -12,11 +12,11 @@ import (
 // are ignored. Tasks and labels are kept raw so that one malformed task or
 // label is reported and skipped without losing the rest of the app.
 type App struct {
-	ID              string           `json:"id"`
-	PortDefinitions []Port           `json:"portDefinitions"`
-	Container       *Container       `json:"container"`
-	Networks        []Network        `json:"networks"`
-	IPAddress       *AppIPAddress    `json:"ipAddress"`
+	ID              string            `json:"id"`
+	PortDefinitions []Port            `json:"portDefinitions"`
+	Container       *Container        `json:"container"`
+	Networks        []Network         `json:"networks"`
+	IPAddress       *AppIPAddress     `json:"ipAddress"`
 	HealthChecks    []json.RawMessage `json:"healthChecks"`
 	Tasks           []json.RawMessage `json:"tasks"`
 }
