@@ -498,6 +498,9 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		b.elem(false, pick(a, setIPVIPs4, setIPVIPs6), nftables.SetElement{Key: addrBytes(a)})
 	}
 	for _, u := range p.units {
+		if !u.delVIP && u.addVIP == nil && len(u.delSlots) == 0 && len(u.addSlots) == 0 {
+			continue // bookkeeping only: same backends in another order
+		}
 		if b.bytes > 0 && b.bytes+unitSize(u) > k.maxBatchBytes {
 			if err := b.cut(); err != nil {
 				return nil, err
@@ -515,7 +518,7 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		}
 		if u.addVIP != nil {
 			b.elem(false, vmap, nftables.SetElement{Key: vipKeyBytes(u.key), Comment: u.addVIP.comment,
-				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: u.addVIP.verdict}})
+				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: verdictFor(u.addVIP.n)}})
 		}
 	}
 	for _, s := range p.strays {
@@ -801,6 +804,7 @@ func (k *Kernel) observe(want *Ruleset) (*observed, error) {
 		}
 	}
 
+	rd := newReader()
 	for _, d := range want.setDecls() {
 		if !o.sets[d.name] {
 			continue
@@ -809,10 +813,11 @@ func (k *Kernel) observe(want *Ruleset) (*observed, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list elements of %s: %w", d.name, err)
 		}
-		if err := o.addElems(d, elems); err != nil {
+		if err := rd.addElems(d, elems); err != nil {
 			return nil, fmt.Errorf("decode elements of %s: %w", d.name, err)
 		}
 	}
+	rd.into(o)
 	return o, nil
 }
 
@@ -861,7 +866,7 @@ func encodeExprs(es []expr.Any) ([]byte, error) {
 	return out, nil
 }
 
-func (o *observed) addElems(d setDecl, elems []nftables.SetElement) error {
+func (rd *reader) addElems(d setDecl, elems []nftables.SetElement) error {
 	for _, e := range elems {
 		switch d.kind {
 		case kindVIPs:
@@ -869,7 +874,7 @@ func (o *observed) addElems(d setDecl, elems []nftables.SetElement) error {
 			if err != nil {
 				return err
 			}
-			o.vips[key] = vipVal{comment: e.Comment, verdict: gotoChain(e.Val)}
+			rd.vals[key] = vipVal{comment: e.Comment, n: verdictCount(gotoChain(e.Val))}
 		case kindBackends:
 			key, slot, err := decodeBEKey(e.Key, d.v6)
 			if err != nil {
@@ -879,19 +884,19 @@ func (o *observed) addElems(d setDecl, elems []nftables.SetElement) error {
 			if err != nil {
 				return err
 			}
-			o.setSlot(key, slot, be)
+			rd.setSlot(key, slot, be)
 		case kindAddrs:
 			a, ok := addrFrom(e.Key)
 			if !ok {
 				return fmt.Errorf("address of %d bytes", len(e.Key))
 			}
-			o.ipvips[a] = true
+			rd.ipvips = append(rd.ipvips, a)
 		case kindPairs:
 			a, err := decodePair(e.Key)
 			if err != nil {
 				return err
 			}
-			o.hairpin[a] = true
+			rd.hairpin = append(rd.hairpin, a)
 		}
 	}
 	return nil

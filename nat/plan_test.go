@@ -49,7 +49,7 @@ func describe(u unit) string {
 		s += fmt.Sprintf(" +%d=%s", a.slot, a.be)
 	}
 	if u.addVIP != nil {
-		s += " +vip>" + u.addVIP.verdict
+		s += " +vip>" + verdictFor(u.addVIP.n)
 	}
 	return s
 }
@@ -137,16 +137,30 @@ func TestPlanChains(t *testing.T) {
 
 func TestPlanStraysAndHoles(t *testing.T) {
 	base := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"))
+	// Read back: a hole (slot 0 deleted by hand) and a stray slot far away.
+	rd := newReader()
+	rd.vals[key("198.18.0.1:80")] = vipVal{n: 2, comment: "198.18.0.1:80"}
+	rd.setSlot(key("198.18.0.1:80"), 1, ap("198.19.0.12:8080"))
+	rd.setSlot(key("198.18.0.1:80"), 1<<20, ap("198.19.0.99:1"))
 	o := programmed(base)
-	// A hole (slot 0 deleted by hand) and a stray slot far away.
-	o.slots[key("198.18.0.1:80")][0] = netip.AddrPort{}
-	o.setSlot(key("198.18.0.1:80"), 1<<20, ap("198.19.0.99:1"))
+	rd.into(o)
 	p := makePlan(o, base)
 	var got []string
 	for _, u := range p.units {
 		got = append(got, describe(u))
 	}
 	if !slices.Equal(got, []string{"198.18.0.1:80/tcp: +0=198.19.0.11:8080"}) || len(p.strays) != 1 {
+		t.Errorf("units %q strays %v", got, p.strays)
+	}
+	// The same backends in another order change no element.
+	o = programmed(base)
+	swapped := ruleset(elem("198.18.0.1:80", "198.19.0.12:8080", "198.19.0.11:8080"))
+	p = makePlan(o, swapped)
+	if p.elements() != 0 {
+		t.Errorf("reordered backends: %d element changes", p.elements())
+	}
+	o = o.apply(p, swapped)
+	if p = makePlan(o, swapped); len(p.units) != 0 {
 		t.Errorf("units %q strays %v", got, p.strays)
 	}
 }
@@ -177,5 +191,13 @@ func TestWantedRoutes(t *testing.T) {
 	want := []netip.Prefix{testPool4, testPool6, netip.MustParsePrefix("198.19.255.1/32"), netip.MustParsePrefix("fd00:198:19::1:1/128")}
 	if !slices.Equal(got, want) {
 		t.Errorf("routes %v, want %v", got, want)
+	}
+}
+
+func TestVerdictCount(t *testing.T) {
+	for chain, n := range map[string]int{"refuse": 0, "lb1": 1, "lb12": 12, "lb0": -1, "lb03": -1, "lb": -1, "accept": -1, "lb-1": -1} {
+		if got := verdictCount(chain); got != n {
+			t.Errorf("verdictCount(%q) = %d, want %d", chain, got, n)
+		}
 	}
 }

@@ -15,6 +15,7 @@
 package nat
 
 import (
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -65,6 +66,7 @@ type VIPElem struct {
 	Key      vip.Key
 	Comment  string
 	Backends []netip.AddrPort // slot i holds Backends[i]
+	sum      uint64           // fingerprint of Comment and Backends, set by Sort
 }
 
 // Verdict is the chain the element jumps to.
@@ -75,6 +77,19 @@ func verdictFor(n int) string {
 		return chainRefuse
 	}
 	return lbChain(n)
+}
+
+// verdictCount is the inverse of verdictFor: the backend count a chain name
+// stands for, or -1 for anything that is not refuse or lbN.
+func verdictCount(chain string) int {
+	if chain == chainRefuse {
+		return 0
+	}
+	if n, err := strconv.Atoi(strings.TrimPrefix(chain, chainLBPrefix)); err == nil && n > 0 &&
+		strings.HasPrefix(chain, chainLBPrefix) && lbChain(n) == chain {
+		return n
+	}
+	return -1
 }
 
 // BackendElem is one active backend of a VIP in a slot of the backend map.
@@ -117,15 +132,40 @@ func Compile(s vip.State, table string) *Ruleset {
 			ipvips[v.Addr] = true
 		}
 	}
-	r.Sort()
 	r.IPVIPs = sortedAddrs(ipvips)
 	r.Hairpin = sortedAddrs(hairpin)
+	r.Sort()
 	return r
 }
 
-// Sort puts the VIPs in canonical order.
+// Sort puts the VIPs and addresses in canonical order and fingerprints each
+// VIP, so that the kernel adapter compares a VIP with what it programmed in
+// one word. Compile's output is sorted; a Ruleset built by hand must be
+// sorted before use and not changed afterwards.
 func (r *Ruleset) Sort() {
 	slices.SortFunc(r.VIPs, func(a, b VIPElem) int { return a.Key.Compare(b.Key) })
+	slices.SortFunc(r.IPVIPs, netip.Addr.Compare)
+	slices.SortFunc(r.Hairpin, netip.Addr.Compare)
+	var h maphash.Hash
+	h.SetSeed(sumSeed)
+	for i := range r.VIPs {
+		r.VIPs[i].sum = r.VIPs[i].fingerprint(&h)
+	}
+}
+
+var sumSeed = maphash.MakeSeed()
+
+func (e *VIPElem) fingerprint(h *maphash.Hash) uint64 {
+	h.Reset()
+	h.WriteString(e.Comment)
+	var b [18]byte
+	for _, ap := range e.Backends {
+		a := ap.Addr().As16()
+		copy(b[:], a[:])
+		b[16], b[17] = byte(ap.Port()>>8), byte(ap.Port())
+		h.Write(b[:])
+	}
+	return h.Sum64()
 }
 
 func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
