@@ -966,8 +966,8 @@ func (t *transport) dial() error {
 	if err != nil {
 		return fmt.Errorf("open netfilter netlink socket: %w", err)
 	}
-	// Errors without the request echoed back, with the kernel's message.
-	_ = c.SetOption(netlink.CapAcknowledge, true)
+	// Errors carry the kernel's message. (Not capped: mdlayher/netlink
+	// cannot parse extended acknowledgements of capped errors.)
 	_ = c.SetOption(netlink.ExtendedAcknowledge, true)
 	if err := forceBuffers(c, socketBuffer, socketBuffer); err != nil {
 		c.Close()

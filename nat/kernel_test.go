@@ -159,3 +159,50 @@ func TestKernelMatchesNft(t *testing.T) {
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
+
+// TestLargeLoadInManyBatches cuts a cold load into many small batches and
+// checks that the result is the same table nft -f builds from the text.
+func TestLargeLoadInManyBatches(t *testing.T) {
+	viaNetlink := netns.ForTest(t, "l4kb", "nft")
+	viaNft := netns.ForTest(t, "l4kt", "nft")
+	r := syntheticRuleset(3000, 4)
+	k := kernelFor(t, viaNetlink, WithoutRoutes(), WithMaxBatchBytes(64<<10))
+	res, err := k.Apply(context.Background(), r, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Batches < 10 {
+		t.Errorf("%d batches for 15,000 elements in 64 KiB batches", res.Batches)
+	}
+	if _, err := viaNft.RunStdin([]byte(r.Text()), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := listJSON(t, viaNetlink), listJSON(t, viaNft); got != want {
+		t.Errorf("many batches give another table:\n%s", diffLines(want, got))
+	}
+	if res, err := k.Apply(context.Background(), r, true); err != nil || res.Changed() {
+		t.Errorf("read back after a batched load: %+v %v", res, err)
+	}
+}
+
+// TestErrorNamesTheMessage makes the kernel refuse a batch: the error says
+// which operation failed, and the next Apply reads the table back.
+func TestErrorNamesTheMessage(t *testing.T) {
+	ns := netns.ForTest(t, "l4ke", "nft")
+	k := kernelFor(t, ns, WithoutRoutes())
+	r := syntheticRuleset(3, 1)
+	if _, err := k.Apply(context.Background(), r, false); err != nil {
+		t.Fatal(err)
+	}
+	bad := syntheticRuleset(3, 1)
+	bad.VIPs[1].Comment = strings.Repeat("x", 300) // the kernel keeps at most 256 bytes of userdata
+	bad.Sort()
+	_, err := k.Apply(context.Background(), bad, false)
+	if err == nil || !strings.Contains(err.Error(), "elements of vips4") {
+		t.Fatalf("Apply of a refused batch: %v; want an error naming the vips4 elements", err)
+	}
+	res, err := k.Apply(context.Background(), r, false)
+	if err != nil || !res.ReadBack {
+		t.Errorf("after a failure: %+v %v; want a read-back", res, err)
+	}
+}
