@@ -155,6 +155,30 @@ func (r *Ruleset) Sort() {
 
 var sumSeed = maphash.MakeSeed()
 
+// Fingerprint summarizes the whole ruleset (after Sort): two rulesets with
+// the same fingerprint program the same table. Within one process only.
+func (r *Ruleset) Fingerprint() uint64 {
+	var h maphash.Hash
+	h.SetSeed(sumSeed)
+	h.WriteString(r.Table)
+	h.WriteString(r.Pool4.String())
+	h.WriteString(r.Pool6.String())
+	var b [8]byte
+	for _, v := range r.VIPs {
+		k := vipKeyBytes(v.Key)
+		h.Write(k)
+		hostOrder.PutUint64(b[:], v.sum)
+		h.Write(b[:])
+	}
+	for _, list := range [][]netip.Addr{r.IPVIPs, r.Hairpin} {
+		h.WriteByte('|')
+		for _, a := range list {
+			h.Write(addrBytes(a))
+		}
+	}
+	return h.Sum64()
+}
+
 func (e *VIPElem) fingerprint(h *maphash.Hash) uint64 {
 	h.Reset()
 	h.WriteString(e.Comment)

@@ -12,6 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/sync/api"
 	"github.com/l4lb/l4lb/sync/reconcile"
@@ -94,9 +98,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer k.Close()
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rec := reconcile.New(reconcile.Config{
 		Sources:  sources,
 		NAT:      k,
+		Metrics:  reconcile.NewMetrics(reg),
 		Model:    vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
 		Table:    f.table,
 		StateDir: f.stateDir,
@@ -107,7 +114,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("api listen %s: %w", f.apiListen, err)
 	}
-	srv := &http.Server{Handler: api.Handler(rec.Status, nil), ReadHeaderTimeout: 5 * time.Second}
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)})
+	srv := &http.Server{Handler: api.Handler(rec.Status, metrics), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
 		"vipPool6", f.pool6.String(), "api", ln.Addr().String(), "resync", f.resync.String())

@@ -214,6 +214,16 @@ func TestRunOnFile(t *testing.T) {
 		t.Fatalf("/v1/vips = %+v", vips)
 	}
 	addr := netip.AddrPortFrom(netip.MustParseAddr(vips[0].IP), 80)
+	code, metrics, err := d.get("/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("/metrics: %d %v", code, err)
+	}
+	for _, want := range []string{"l4lb_vips 2", `l4lb_backends{state="active"} 4`, "l4lb_sync_last_success_timestamp_seconds", "l4lb_source_stale 0",
+		`l4lb_sync_duration_seconds_count{kind="full"} 1`, "l4lb_nat_table_rebuilds_total 1"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	seen := func(from *netns.NS, n int) map[string]int {
 		out := map[string]int{}
 		for range n {

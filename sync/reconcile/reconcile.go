@@ -23,6 +23,7 @@ import (
 type Config struct {
 	Sources  []source.Source
 	NAT      nat.Interface
+	Metrics  *Metrics // nil: not measured
 	Model    vip.Config // pools, domain, resolver; Previous is managed here
 	Table    string
 	StateDir string // where allocations persist; empty keeps them in memory
@@ -52,6 +53,7 @@ type Reconciler struct {
 	good     *goodState // last good read of the sources
 	alloc    vip.Allocations
 	allocErr error
+	applied  uint64 // fingerprint of the last ruleset in the kernel; 0 when unknown
 	status   atomic.Pointer[Status]
 }
 
@@ -69,6 +71,9 @@ func New(cfg Config) *Reconciler {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
 	}
 	r := &Reconciler{cfg: cfg, log: cfg.Logger}
 	if cfg.StateDir != "" {
@@ -95,6 +100,13 @@ var ErrNoGoodState = errors.New("no good read of the sources yet")
 func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	m := r.cfg.Metrics
+	start := time.Now()
+	kind := "incremental"
+	if full {
+		kind = "full"
+	}
+	defer func() { m.syncDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 	st := *r.Status()
 	st.LastAttempt = r.cfg.Now()
 
@@ -102,9 +114,13 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	if srcErr == nil {
 		r.good = &goodState{snap: snap}
 		st.Stale, st.SourceErrors = false, 0
+		m.sourceStale.Set(0)
 	} else {
 		st.Stale = true
 		st.SourceErrors++
+		m.sourceErrors.Inc()
+		m.sourceStale.Set(1)
+		m.syncFailures.WithLabelValues("source").Inc()
 		if r.good == nil {
 			st.LastError = srcErr.Error()
 			r.status.Store(&st)
@@ -132,12 +148,23 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	}
 
 	rs := nat.Compile(state, r.cfg.Table)
+	fp := rs.Fingerprint()
 	res, err := r.cfg.NAT.Apply(ctx, rs, full)
 	if err != nil {
+		r.applied = 0
+		m.syncFailures.WithLabelValues("nat").Inc()
 		st.LastError = err.Error()
 		r.status.Store(&st)
 		return fmt.Errorf("apply: %w", err)
 	}
+	m.observeNAT(res, r.applied != fp)
+	if res.ReadBack && res.Changed() && r.applied == fp {
+		r.log.Warn("repaired drift: the kernel differed from what l4lb programmed", "elements", res.Elements,
+			"chains", res.Chains, "rebuilt", res.Rebuilt, "routes", res.Routes)
+	}
+	r.applied = fp
+	m.observeState(state, len(problems))
+	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	first := !st.Synced
 	st.Synced = true
 	st.LastSuccess = r.cfg.Now()
