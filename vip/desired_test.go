@@ -1,7 +1,6 @@
 package vip
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -559,7 +558,7 @@ func TestMarathonFixtures(t *testing.T) {
 		}
 		// The same app with a VIP label: the task's host and host port are
 		// the backend, not its bridge address.
-		apps[0].Container.PortMappings[0].Labels = map[string]json.RawMessage{"VIP_0": json.RawMessage(`"pyweb:80"`)}
+		apps[0].Container.PortMappings[0].Labels = map[string]string{"VIP_0": "pyweb:80"}
 		s, problems = Desired(apps, Config{Pool4: testPool4})
 		want := []string{"pyweb.marathon.l4lb.thisdcos.directory:80/tcp v4 [10.0.2.148:1565 active]"}
 		if got := vipsOf(s); len(problems) > 0 || !slices.Equal(got, want) {
