@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"io"
-	"strconv"
-	"time"
 )
 
 // Limits of the event stream parser. Events are triggers, so nothing needs
@@ -32,9 +30,12 @@ type sseEvent struct {
 // with ':' are comments; "field: value" (one space after the colon dropped)
 // or a bare field name; data lines accumulate; an event without data is not
 // dispatched; what is pending at the end of the stream is discarded.
+//
+// The retry field is ignored: Watch's backoff decides when to reconnect.
+// The id is kept but not sent back as Last-Event-ID, since Marathon does not
+// replay events; a reconnected stream triggers a full load instead.
 type sseReader struct {
 	lines lineReader
-	retry time.Duration // server's requested reconnection delay, 0 if none
 
 	lastID    string
 	eventType []byte
@@ -84,10 +85,6 @@ func (s *sseReader) Next() (sseEvent, error) {
 			if bytes.IndexByte(value, 0) < 0 && !cut {
 				s.lastID = string(value)
 			}
-		case "retry":
-			if ms, err := strconv.ParseUint(string(value), 10, 32); err == nil && isDigits(value) {
-				s.retry = time.Duration(ms) * time.Millisecond
-			}
 		}
 	}
 }
@@ -131,15 +128,6 @@ func (s *sseReader) dispatch() (sseEvent, bool) {
 		ev.Type = "message"
 	}
 	return ev, true
-}
-
-func isDigits(b []byte) bool {
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return len(b) > 0
 }
 
 // lineReader splits a stream into lines ended by CRLF, LF or CR, keeping at

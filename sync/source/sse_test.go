@@ -8,18 +8,17 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
-	"time"
 )
 
 // readAll parses a whole stream.
-func readAll(t *testing.T, r io.Reader) ([]sseEvent, *sseReader) {
+func readAll(t *testing.T, r io.Reader) []sseEvent {
 	t.Helper()
 	s := newSSEReader(r)
 	var out []sseEvent
 	for {
 		ev, err := s.Next()
 		if err == io.EOF {
-			return out, s
+			return out
 		}
 		if err != nil {
 			t.Fatalf("Next: %v", err)
@@ -34,7 +33,7 @@ func TestSSEMarathonCapture(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	evs, _ := readAll(t, f)
+	evs := readAll(t, f)
 	var types []string
 	for _, ev := range evs {
 		types = append(types, ev.Type)
@@ -107,7 +106,7 @@ func TestSSEParse(t *testing.T) {
 		},
 	}, {
 		name:  "unknown fields ignored",
-		input: "foo: bar\nevent: a\nEvent: b\nDATA: x\ndata: 1\n\n",
+		input: "foo: bar\nevent: a\nEvent: b\nDATA: x\nretry: 2500\ndata: 1\n\n",
 		want:  []sseEvent{{Type: "a", Data: "1"}},
 	}, {
 		name:  "byte order mark",
@@ -124,24 +123,17 @@ func TestSSEParse(t *testing.T) {
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, _ := readAll(t, strings.NewReader(tc.input))
+			got := readAll(t, strings.NewReader(tc.input))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
 			// The same, one byte per read: a CRLF split over reads stays one
 			// line end.
-			got, _ = readAll(t, iotest.OneByteReader(strings.NewReader(tc.input)))
+			got = readAll(t, iotest.OneByteReader(strings.NewReader(tc.input)))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("one byte reads: got  %+v\nwant %+v", got, tc.want)
 			}
 		})
-	}
-}
-
-func TestSSERetry(t *testing.T) {
-	_, s := readAll(t, strings.NewReader("retry: 2500\n\nretry: x\n\nretry: -1\n\n"))
-	if s.retry != 2500*time.Millisecond {
-		t.Fatalf("retry = %s", s.retry)
 	}
 }
 
@@ -152,7 +144,7 @@ func TestSSELongLines(t *testing.T) {
 	input := "event: deployment_info\ndata: {\"eventType\":\"deployment_info\",\"plan\":\"" + huge + "\"}\n\n" +
 		"data: " + huge + "\ndata: more\n\n" +
 		"event: status_update_event\ndata: {}\n\n"
-	evs, _ := readAll(t, strings.NewReader(input))
+	evs := readAll(t, strings.NewReader(input))
 	if len(evs) != 3 {
 		t.Fatalf("got %d events", len(evs))
 	}
