@@ -311,6 +311,9 @@ func checkAppsShape(data []byte) error {
 // must not block (a runner's Trigger does not). Watch returns nil when ctx
 // is done.
 func (m *Marathon) Watch(ctx context.Context, changed func()) error {
+	if changed == nil {
+		return errors.New("marathon watch: changed is nil")
+	}
 	delay := m.opts.ReconnectMin
 	for {
 		up, err := m.stream(ctx, changed)
