@@ -432,3 +432,10 @@ func TestJitter(t *testing.T) {
 }
 
 func (e streamError) String() string { return e.err.Error() + " (retry in " + e.retryIn.String() + ")" }
+
+func TestMarathonWatchNilChanged(t *testing.T) {
+	m := newTestMarathon(t, "http://198.19.0.1:8080", MarathonOptions{})
+	if err := m.Watch(context.Background(), nil); err == nil {
+		t.Fatal("Watch with a nil changed func returned nil")
+	}
+}
