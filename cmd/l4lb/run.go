@@ -19,6 +19,8 @@ import (
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/sync/api"
 	"github.com/l4lb/l4lb/sync/reconcile"
+	"github.com/l4lb/l4lb/sync/runner"
+	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
 
@@ -29,6 +31,7 @@ type runFlags struct {
 	dnsUpstreams   listFlag
 	apiListen      string
 	resync         time.Duration
+	minSync        time.Duration
 	flushUnhealthy bool
 	logLevel       string
 }
@@ -40,6 +43,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.dnsUpstreams, "dns-upstream", "DNS servers for names outside the zone, comma-separated (otherwise REFUSED)")
 	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:62080", "HTTP API listen address (/v1/vips, /v1/problems, /metrics, /healthz)")
 	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync that reads the kernel back and repairs drift")
+	fs.DurationVar(&f.minSync, "min-sync-interval", 500*time.Millisecond, "least time between two syncs: bursts of changes coalesce")
 	fs.BoolVar(&f.flushUnhealthy, "flush-unhealthy", true, "delete the conntrack entries of unhealthy backends, not only of gone ones")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -88,7 +92,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	sources, err := parseSources(f.sources)
+	sources, err := f.parseSources(func(spec string, o *source.MarathonOptions) {
+		o.OnStreamError = func(err error, retryIn time.Duration) {
+			log.Warn("marathon event stream lost", "source", spec, "err", err, "retryIn", retryIn)
+		}
+		o.OnStreamAttached = func() { log.Info("marathon event stream attached", "source", spec) }
+	})
 	if err != nil {
 		return err
 	}
@@ -132,7 +141,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	go func() {
 		defer wg.Done()
-		errc <- rec.Run(ctx, f.resync)
+		errc <- rec.Run(ctx, runner.Options{MinInterval: f.minSync, Resync: f.resync,
+			BackoffMin: 250 * time.Millisecond, BackoffMax: 30 * time.Second, Jitter: 0.1})
 	}()
 	var runErr error
 	select {

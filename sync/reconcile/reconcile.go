@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/sync/runner"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
@@ -23,7 +24,7 @@ import (
 type Config struct {
 	Sources  []source.Source
 	NAT      nat.Interface
-	Metrics  *Metrics // nil: not measured
+	Metrics  *Metrics   // nil: not measured
 	Model    vip.Config // pools, domain, resolver; Previous is managed here
 	Table    string
 	StateDir string // where allocations persist; empty keeps them in memory
@@ -182,67 +183,34 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	return srcErr
 }
 
-// Run syncs at once and then whenever a source reports a change, at least
-// every resync period (a full sync that repairs drift), and after failures
-// with exponential backoff. It returns when ctx is done; the rules stay.
-func (r *Reconciler) Run(ctx context.Context, resync time.Duration) error {
-	trigger := make(chan struct{}, 1)
-	notify := func() {
-		select {
-		case trigger <- struct{}{}:
-		default:
-		}
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
+// Run syncs at once and then whenever a source reports a change (at most
+// once per opts.MinInterval), at least every opts.Resync (a full sync that
+// reads the kernel back and repairs drift), and after failures with
+// exponential backoff (again full, since what the kernel holds is in
+// doubt). It returns when ctx is done; the rules stay in place.
+func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	run := runner.New(func(ctx context.Context, why runner.Reason) error {
+		full := why&(runner.Initial|runner.Resync|runner.Retry) != 0
+		err := r.Sync(ctx, full)
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("sync failed", "err", err, "why", why.String())
+		}
+		return err
+	}, opts)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, s := range r.cfg.Sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Watch(ctx, notify); err != nil && ctx.Err() == nil {
+			if err := s.Watch(ctx, run.Trigger); err != nil && ctx.Err() == nil {
 				r.log.Error("watch source stopped", "source", s.String(), "err", err)
 			}
 		}()
 	}
-
-	const minInterval = 100 * time.Millisecond
-	backoff := time.Duration(0)
-	full := true // the first sync adopts what the kernel holds
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	resyncTick := time.NewTicker(resync)
-	defer resyncTick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-trigger:
-		case <-resyncTick.C:
-			full = true
-		case <-timer.C:
-		}
-		start := time.Now()
-		err := r.Sync(ctx, full)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			backoff = min(max(2*backoff, 250*time.Millisecond), 30*time.Second)
-			r.log.Error("sync failed", "err", err, "retryIn", backoff)
-			full = true // what the kernel holds is in doubt
-			timer.Reset(backoff)
-			continue
-		}
-		backoff, full = 0, false
-		// Coalesce bursts of triggers: at most one sync per minInterval.
-		if d := minInterval - time.Since(start); d > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(d):
-			}
-		}
-	}
+	err := run.Run(ctx)
+	cancel()
+	return err
 }
