@@ -128,13 +128,7 @@ func TestMarathonEndToEnd(t *testing.T) {
 	topo := netns.TopologyForTest(t, "l4me", 2, 1, "nft")
 	agent := topo.Agent.NS
 	const port = 8080
-	for i, b := range topo.Backends {
-		s, err := b.Serve(fmt.Sprintf("be%d", i+1), netip.AddrPortFrom(b.Addr4, port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Close)
-	}
+	serveBackends(t, topo, port)
 	m := startFakeMarathon(t, agent, "127.0.0.1:18080")
 	m.set(healthApps(topo, port), "", "")
 	args := []string{"--source", "marathon:http://127.0.0.1:18080", "--vip-pool", "198.18.0.0/16", "--vip-pool6", "fd00:198:18::/64",

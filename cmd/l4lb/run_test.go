@@ -186,6 +186,18 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return 0
 }
 
+// serveBackends starts a netns.Server named beN on every backend.
+func serveBackends(t *testing.T, topo *netns.Topology, port uint16) {
+	t.Helper()
+	for i, b := range topo.Backends {
+		s, err := b.Serve(fmt.Sprintf("be%d", i+1), netip.AddrPortFrom(b.Addr4, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+	}
+}
+
 // TestRunOnFile runs the daemon on a file in a namespace: it programs the
 // VIP, follows the file within a second (atomic rename and in-place
 // writes), serves the API, leaves the rules in place when stopped, keeps
@@ -194,13 +206,7 @@ func TestRunOnFile(t *testing.T) {
 	topo := netns.TopologyForTest(t, "l4rf", 2, 1, "nft")
 	agent := topo.Agent.NS
 	const port = 8080
-	for i, b := range topo.Backends {
-		s, err := b.Serve(fmt.Sprintf("be%d", i+1), netip.AddrPortFrom(b.Addr4, port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.Close)
-	}
+	serveBackends(t, topo, port)
 	dir := t.TempDir()
 	apps := filepath.Join(dir, "apps.json")
 	writeApps(t, apps, topo.Backends, port, true)
