@@ -38,6 +38,7 @@ type env struct {
 	web4      netip.AddrPort // named VIP, IPv4, tcp and udp
 	web6      netip.AddrPort // named VIP, IPv6, tcp and udp
 	ipvip     netip.AddrPort // IP VIP outside the pool, tcp
+	closed    netip.AddrPort // named VIP, udp, whose backend port is closed
 	direct4   netip.AddrPort // a backend's own address: not a VIP
 	direct6   netip.AddrPort
 	backendOf map[string]bool
@@ -63,8 +64,10 @@ func newEnv(t *testing.T) *env {
 	apps := fmt.Sprintf(`{"apps": [
 	  {"id": "/web", "portDefinitions": [{"port": 0, "protocol": "udp,tcp", "labels": {"VIP_0": "web:80", "VIP_1": "%s:80"}}], "tasks": [%s]},
 	  {"id": "/six", "networks": [{"mode": "container", "name": "six"}],
-	   "container": {"portMappings": [{"containerPort": %d, "protocol": "udp,tcp", "labels": {"VIP_0": "six:80"}}]}, "tasks": [%s]}
-	]}`, ipVIP, strings.Join(tasks4, ","), srvPort, strings.Join(tasks6, ","))
+	   "container": {"portMappings": [{"containerPort": %d, "protocol": "udp,tcp", "labels": {"VIP_0": "six:80"}}]}, "tasks": [%s]},
+	  {"id": "/closed", "portDefinitions": [{"port": 0, "protocol": "udp", "labels": {"VIP_0": "closed:81"}}],
+	   "tasks": [{"id": "closed.1", "host": "%s", "ports": [9], "state": "TASK_RUNNING"}]}
+	]}`, ipVIP, strings.Join(tasks4, ","), srvPort, strings.Join(tasks6, ","), topo.Backends[0].Addr4)
 	parsed, problems, err := vip.ParseApps([]byte(apps))
 	if err != nil || len(problems) > 0 {
 		t.Fatalf("apps: %v %v", err, problems)
@@ -81,9 +84,11 @@ func newEnv(t *testing.T) *env {
 			e.web6 = netip.AddrPortFrom(v.Addr, 80)
 		case v.Name == "":
 			e.ipvip = netip.AddrPortFrom(v.Addr, 80)
+		case v.Name == "closed.marathon.l4lb.thisdcos.directory":
+			e.closed = netip.AddrPortFrom(v.Addr, 81)
 		}
 	}
-	if !e.web4.IsValid() || !e.web6.IsValid() || e.ipvip.Addr() != netip.MustParseAddr(ipVIP) {
+	if !e.web4.IsValid() || !e.web6.IsValid() || !e.closed.IsValid() || e.ipvip.Addr() != netip.MustParseAddr(ipVIP) {
 		t.Fatalf("VIPs: %+v", state.VIPs)
 	}
 	e.direct4 = netip.AddrPortFrom(topo.Backends[0].Addr4, srvPort)
@@ -237,6 +242,12 @@ func TestForwardDrop(t *testing.T) {
 	checkLines(t, "ip6tables -S", e.run(t, "ip6tables", "-S"), want6)
 	e.flows(t, "l4lb's rules in place", e.vipProbes())
 	e.dropped(t, "l4lb's rules in place", e.directProbes())
+	// The backend's ICMP port unreachable is related to the DNATed
+	// connection, so it passes too: the container hears "refused" at once.
+	start := time.Now()
+	if _, err := e.ctr.AskUDP(e.closed, netip.AddrPort{}, 2*time.Second); !netns.IsRefused(err) || time.Since(start) > time.Second {
+		t.Errorf("udp to a VIP whose backend port is closed: %v after %v, want refused at once", err, time.Since(start))
+	}
 
 	// Nothing changes on the next Sync.
 	if res := e.sync(t); res.Changed() || len(res.Active) != 2 {
