@@ -84,12 +84,11 @@ func (k *Kernel) Sync(ctx context.Context, want Want) (Result, error) {
 	defer k.mu.Unlock()
 	var res Result
 	err := k.do(func() error {
-		if err := k.discover(); err != nil {
-			return err
-		}
+		// A binary that fails keeps only its own backend out.
+		derr := k.discover()
 		var err error
 		res, err = syncAll(ctx, k.backends, want)
-		return err
+		return errors.Join(derr, err)
 	})
 	return res, err
 }
@@ -99,10 +98,7 @@ func (k *Kernel) Cleanup(ctx context.Context) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.do(func() error {
-		if err := k.discover(); err != nil {
-			return err
-		}
-		return cleanupAll(ctx, k.backends)
+		return errors.Join(k.discover(), cleanupAll(ctx, k.backends))
 	})
 }
 
