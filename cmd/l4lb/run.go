@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/api"
 	"github.com/l4lb/l4lb/sync/reconcile"
 	"github.com/l4lb/l4lb/sync/runner"
@@ -174,9 +175,15 @@ func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("open netlink (l4lb cleanup needs root or CAP_NET_ADMIN): %w", err)
 	}
 	defer k.Close()
-	if err := k.Cleanup(ctx); err != nil {
-		return err
+	// The iptables rules go even when the table cannot: they are
+	// independent.
+	natErr := k.Cleanup(ctx)
+	if err := forward.New().Cleanup(ctx); err != nil {
+		return errors.Join(natErr, fmt.Errorf("iptables: %w", err))
 	}
-	fmt.Fprintf(stdout, "removed table inet %s and its routes\n", table)
+	if natErr != nil {
+		return natErr
+	}
+	fmt.Fprintf(stdout, "removed table inet %s, its routes and its iptables rules (chain %s)\n", table, forward.Chain)
 	return nil
 }
