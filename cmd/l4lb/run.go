@@ -113,6 +113,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	rec := reconcile.New(reconcile.Config{
 		Sources:  sources,
 		NAT:      k,
+		Forward:  forward.New(),
 		Metrics:  reconcile.NewMetrics(reg),
 		Model:    vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
 		Table:    f.table,

@@ -10,11 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/runner"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
@@ -24,8 +26,9 @@ import (
 type Config struct {
 	Sources  []source.Source
 	NAT      nat.Interface
-	Metrics  *Metrics   // nil: not measured
-	Model    vip.Config // pools, domain, resolver; Previous is managed here
+	Forward  forward.Interface // nil: iptables is left alone
+	Metrics  *Metrics          // nil: not measured
+	Model    vip.Config        // pools, domain, resolver; Previous is managed here
 	Table    string
 	StateDir string // where allocations persist; empty keeps them in memory
 	Logger   *slog.Logger
@@ -50,12 +53,13 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex // serialises syncs
-	good     *goodState // last good read of the sources
-	alloc    vip.Allocations
-	allocErr error
-	applied  uint64 // fingerprint of the last ruleset in the kernel; 0 when unknown
-	status   atomic.Pointer[Status]
+	mu        sync.Mutex // serialises syncs
+	good      *goodState // last good read of the sources
+	alloc     vip.Allocations
+	allocErr  error
+	applied   uint64 // fingerprint of the last ruleset in the kernel; 0 when unknown
+	unchecked string // last report of iptables backends that cannot be inspected
+	status    atomic.Pointer[Status]
 }
 
 // goodState is what the last good read of the sources gave.
@@ -164,6 +168,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"chains", res.Chains, "rebuilt", res.Rebuilt, "routes", res.Routes)
 	}
 	r.applied = fp
+	r.syncForward(ctx, rs)
 	m.observeState(state, len(problems))
 	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	first := !st.Synced
@@ -181,6 +186,30 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"chains", res.Chains, "routes", res.Routes)
 	}
 	return srcErr
+}
+
+// syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
+// blocks (Docker sets its policy to DROP). A failure there does not fail the
+// sync: the table is right, and the next sync tries again.
+func (r *Reconciler) syncForward(ctx context.Context, rs *nat.Ruleset) {
+	if r.cfg.Forward == nil {
+		return
+	}
+	res, err := r.cfg.Forward.Sync(ctx, forward.WantFor(rs))
+	m := r.cfg.Metrics
+	m.observeForward(res, err)
+	if err != nil {
+		r.log.Error("cannot keep the iptables FORWARD rules", "err", err)
+	}
+	if res.Changed() {
+		r.log.Info("iptables FORWARD rules changed", "active", strings.Join(res.Active, ","), "changes", res.Changes)
+	}
+	if u := strings.Join(res.Unchecked, ","); u != r.unchecked {
+		r.unchecked = u
+		if u != "" {
+			r.log.Warn("iptables filter tables in use without a binary to inspect them", "backends", u)
+		}
+	}
 }
 
 // Run syncs at once and then whenever a source reports a change (at most

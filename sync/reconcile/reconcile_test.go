@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
@@ -146,5 +147,25 @@ func TestApplyFailureIsReported(t *testing.T) {
 	}
 	if !r.Status().Synced {
 		t.Error("not synced after a successful retry")
+	}
+}
+
+func TestForwardRulesFollowTheSync(t *testing.T) {
+	src := &fakeSource{}
+	src.set(oneApp, nil)
+	fwd := forward.NewFake()
+	fwd.SetPolicy(false, "DROP")
+	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Forward: fwd,
+		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	if err := r.Sync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if dump := fwd.Dump(false); !strings.Contains(dump, "-A L4LB-FORWARD") || !strings.Contains(dump, "198.18.0.0/16") {
+		t.Errorf("iptables after a sync with FORWARD dropping:\n%s", dump)
+	}
+	// A failure to sync iptables does not fail the sync: the table is right.
+	fwd.Err = errors.New("iptables: resource busy")
+	if err := r.Sync(context.Background(), false); err != nil {
+		t.Errorf("Sync with a failing iptables: %v", err)
 	}
 }
