@@ -88,6 +88,9 @@ func toolFlows(t testing.TB, ns *netns.NS, args ...string) []Flow {
 // "tcp 6 118 SYN_SENT src=A dst=B sport=1 dport=2 [UNREPLIED] src=C dst=A sport=3 dport=1 mark=0 use=1 id=7".
 func parseToolLine(line string) (Flow, error) {
 	fields := strings.Fields(line)
+	for len(fields) > 0 && strings.HasPrefix(fields[0], "[") { // event type: [NEW]
+		fields = fields[1:]
+	}
 	if len(fields) < 2 {
 		return Flow{}, fmt.Errorf("short line")
 	}
