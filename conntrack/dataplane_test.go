@@ -151,6 +151,7 @@ func parseToolLine(line string) (Flow, error) {
 type synth struct {
 	ns       *netns.NS
 	state    vip.State
+	apps     func(without netip.Addr) string // the apps, with the task on one backend left out
 	vip4     map[vip.Proto]netip.AddrPort
 	vip6     map[vip.Proto]netip.AddrPort
 	backends []netip.Addr
@@ -163,24 +164,31 @@ type synth struct {
 func newSynth(t testing.TB, n4, n6 int) *synth {
 	t.Helper()
 	ns := netns.ForTest(t, "l4cs", "nft", "conntrack", "sysctl")
-	var tasks4, tasks6 []string
 	sy := &synth{ns: ns, fd4: -1, fd6: -1}
 	for i := range n4 {
-		a := netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + i)})
-		sy.backends = append(sy.backends, a)
-		tasks4 = append(tasks4, fmt.Sprintf(`{"id": "b4.%d", "host": "%s", "ports": [8080], "state": "TASK_RUNNING"}`, i, a))
+		sy.backends = append(sy.backends, netip.AddrFrom4([4]byte{198, 19, 0, byte(10 + i)}))
 	}
 	for i := range n6 {
-		a := netip.MustParseAddr(fmt.Sprintf("fd00:198:19::%x", 0x100+i))
-		sy.backends = append(sy.backends, a)
-		tasks6 = append(tasks6, fmt.Sprintf(`{"id": "b6.%d", "state": "TASK_RUNNING", "ipAddresses": [{"ipAddress": "%s", "protocol": "IPv6"}]}`, i, a))
+		sy.backends = append(sy.backends, netip.MustParseAddr(fmt.Sprintf("fd00:198:19::%x", 0x100+i)))
 	}
-	apps := fmt.Sprintf(`{"apps": [
-	  {"id": "/b4", "portDefinitions": [{"port": 0, "protocol": "udp,tcp", "labels": {"VIP_0": "b4:80"}}], "tasks": [%s]},
-	  {"id": "/b6", "networks": [{"mode": "container", "name": "six"}],
-	   "container": {"portMappings": [{"containerPort": 8080, "protocol": "udp,tcp", "labels": {"VIP_0": "b6:80"}}]},
-	   "tasks": [%s]}]}`, strings.Join(tasks4, ","), strings.Join(tasks6, ","))
-	sy.state = stateOf(t, apps, vip.State{})
+	sy.apps = func(without netip.Addr) string {
+		var tasks4, tasks6 []string
+		for i, a := range sy.backends {
+			switch {
+			case a == without:
+			case a.Is4():
+				tasks4 = append(tasks4, fmt.Sprintf(`{"id": "b.%d", "host": "%s", "ports": [8080], "state": "TASK_RUNNING"}`, i, a))
+			default:
+				tasks6 = append(tasks6, fmt.Sprintf(`{"id": "b.%d", "state": "TASK_RUNNING", "ipAddresses": [{"ipAddress": "%s", "protocol": "IPv6"}]}`, i, a))
+			}
+		}
+		return fmt.Sprintf(`{"apps": [
+		  {"id": "/b4", "portDefinitions": [{"port": 0, "protocol": "udp,tcp", "labels": {"VIP_0": "b4:80"}}], "tasks": [%s]},
+		  {"id": "/b6", "networks": [{"mode": "container", "name": "six"}],
+		   "container": {"portMappings": [{"containerPort": 8080, "protocol": "udp,tcp", "labels": {"VIP_0": "b6:80"}}]},
+		   "tasks": [%s]}]}`, strings.Join(tasks4, ","), strings.Join(tasks6, ","))
+	}
+	sy.state = stateOf(t, sy.apps(netip.Addr{}), vip.State{})
 	sy.vip4, sy.vip6 = map[vip.Proto]netip.AddrPort{}, map[vip.Proto]netip.AddrPort{}
 	for _, v := range sy.state.VIPs {
 		if len(v.Backends) == 0 {
