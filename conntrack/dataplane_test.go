@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -151,7 +152,7 @@ func parseToolLine(line string) (Flow, error) {
 type synth struct {
 	ns       *netns.NS
 	state    vip.State
-	apps     func(without netip.Addr) string // the apps, with the task on one backend left out
+	apps     func(without ...netip.Addr) string // the apps, with the tasks on some backends left out
 	vip4     map[vip.Proto]netip.AddrPort
 	vip6     map[vip.Proto]netip.AddrPort
 	backends []netip.Addr
@@ -171,11 +172,11 @@ func newSynth(t testing.TB, n4, n6 int) *synth {
 	for i := range n6 {
 		sy.backends = append(sy.backends, netip.MustParseAddr(fmt.Sprintf("fd00:198:19::%x", 0x100+i)))
 	}
-	sy.apps = func(without netip.Addr) string {
+	sy.apps = func(without ...netip.Addr) string {
 		var tasks4, tasks6 []string
 		for i, a := range sy.backends {
 			switch {
-			case a == without:
+			case slices.Contains(without, a):
 			case a.Is4():
 				tasks4 = append(tasks4, fmt.Sprintf(`{"id": "b.%d", "host": "%s", "ports": [8080], "state": "TASK_RUNNING"}`, i, a))
 			default:
@@ -188,7 +189,7 @@ func newSynth(t testing.TB, n4, n6 int) *synth {
 		   "container": {"portMappings": [{"containerPort": 8080, "protocol": "udp,tcp", "labels": {"VIP_0": "b6:80"}}]},
 		   "tasks": [%s]}]}`, strings.Join(tasks4, ","), strings.Join(tasks6, ","))
 	}
-	sy.state = stateOf(t, sy.apps(netip.Addr{}), vip.State{})
+	sy.state = stateOf(t, sy.apps(), vip.State{})
 	sy.vip4, sy.vip6 = map[vip.Proto]netip.AddrPort{}, map[vip.Proto]netip.AddrPort{}
 	for _, v := range sy.state.VIPs {
 		if len(v.Backends) == 0 {

@@ -158,3 +158,43 @@ func TestKernelContext(t *testing.T) {
 		t.Error("Flows after Close")
 	}
 }
+
+// TestCleanerRestartLive is a daemon restart: the table holds flows from
+// before, some to backends that went away meanwhile. The first pass is a
+// full one and deletes exactly those; then every IPv6 backend goes (N to 0).
+func TestCleanerRestartLive(t *testing.T) {
+	sy := newSynth(t, 3, 2)
+	sy.send(t, vip.TCP, sy.vip4[vip.TCP], 60)
+	sy.send(t, vip.UDP, sy.vip4[vip.UDP], 30)
+	sy.send(t, vip.TCP, sy.vip6[vip.TCP], 20)
+	sy.send(t, vip.UDP, sy.vip6[vip.UDP], 20)
+	before := toolFlows(t, sy.ns)
+	gone4, six1, six2 := sy.backends[1], sy.backends[3], sy.backends[4]
+	split := func(flows []Flow, gone ...netip.Addr) (stale, kept []Flow) {
+		for _, f := range flows {
+			if slices.Contains(gone, f.ReplySrc.Addr()) {
+				stale = append(stale, f)
+			} else {
+				kept = append(kept, f)
+			}
+		}
+		return stale, kept
+	}
+
+	c := NewCleaner(kernelFor(t, sy.ns), true, nil)
+	s := stateOf(t, sy.apps(gone4, six1), sy.state)
+	stale, kept := split(before, gone4, six1)
+	r, err := c.Applied(ctx(t), s)
+	if err != nil || !r.Full || r.Deleted != len(stale) || len(stale) == 0 {
+		t.Fatalf("first pass: %+v, %v; want a full pass deleting %d", r, err, len(stale))
+	}
+	sameFlows(t, "after the first pass", toolFlows(t, sy.ns), kept)
+
+	s = stateOf(t, sy.apps(gone4, six1, six2), s)
+	stale, kept = split(kept, six2)
+	r, err = c.Applied(ctx(t), s)
+	if err != nil || r.Full || r.Deleted != len(stale) || len(stale) == 0 {
+		t.Fatalf("IPv6 N to 0: %+v, %v; want a suspects pass deleting %d", r, err, len(stale))
+	}
+	sameFlows(t, "after IPv6 N to 0", toolFlows(t, sy.ns), kept)
+}
