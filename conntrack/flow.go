@@ -42,9 +42,6 @@ type Flow struct {
 // comes from somewhere else than where the client sent it.
 func (f Flow) DNATed() bool { return f.ReplySrc != f.OrigDst }
 
-// Is4 reports whether the flow is IPv4.
-func (f Flow) Is4() bool { return f.OrigSrc.Addr().Is4() }
-
 func (f Flow) String() string {
 	return fmt.Sprintf("%s %s -> %s via %s", f.Proto, f.OrigSrc, f.OrigDst, f.ReplySrc)
 }
