@@ -107,11 +107,10 @@ func TestCleanupLive(t *testing.T) {
 			t.Cleanup(srv.Close)
 		}
 	}
-	// Local clients need routes to the VIP pools. An IPv6 route via lo
-	// that is not "local" would be a reject route.
+	// Local clients need routes to the VIP pools, as l4lb installs them.
 	for _, args := range [][]string{
 		{"ip", "route", "add", testPool4.String(), "dev", "lo"},
-		{"ip", "-6", "route", "add", "local", testPool6.String(), "dev", "lo"},
+		{"ip", "-6", "route", "add", testPool6.String(), "dev", "lo"},
 	} {
 		if _, err := agent.Run(args[0], args[1:]...); err != nil {
 			t.Fatal(err)
