@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/l4lb/l4lb/internal/netns"
 	"github.com/l4lb/l4lb/nat"
@@ -36,17 +38,40 @@ func stateOf(t testing.TB, appsJSON string, prev vip.State) vip.State {
 	return s
 }
 
-// applyRuleset puts the ruleset of s into the namespace in one nft
-// transaction, replacing l4lb's table if it is there. Entries already in
-// conntrack survive, as they do the nat kernel adapter's element updates.
-//
-// Interim data plane until the nat kernel adapter lands: swap this function
-// for the adapter's apply.
-func applyRuleset(t testing.TB, ns *netns.NS, s vip.State) {
+// dataPlane is l4lb's nat kernel adapter on a test namespace: rulesets go
+// into the kernel as the daemon puts them there (element changes, never a
+// rewrite of the table), so entries already in conntrack survive a change as
+// they do in production. Routes are left to the test.
+type dataPlane struct {
+	k *nat.Kernel
+}
+
+func newDataPlane(t testing.TB, ns *netns.NS) *dataPlane {
 	t.Helper()
-	script := "table inet l4lb {}\ndelete table inet l4lb\n" + nat.Compile(s, "").Text()
-	if _, err := ns.RunStdin([]byte(script), "nft", "-f", "-"); err != nil {
-		t.Fatalf("load ruleset: %v", err)
+	f, err := ns.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The adapter redials on this fd: it stays open as long as the adapter.
+	k, err := nat.New("", nat.WithNetNS(int(f.Fd())), nat.WithoutRoutes())
+	if err != nil {
+		f.Close()
+		t.Fatalf("nat adapter in %s: %v", ns.Name, err)
+	}
+	t.Cleanup(func() {
+		k.Close()
+		f.Close()
+	})
+	return &dataPlane{k: k}
+}
+
+// apply makes the namespace's table hold the ruleset of s.
+func (d *dataPlane) apply(t testing.TB, s vip.State) {
+	t.Helper()
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := d.k.Apply(c, nat.Compile(s, ""), false); err != nil {
+		t.Fatalf("apply ruleset: %v", err)
 	}
 }
 
@@ -201,7 +226,7 @@ func newSynth(t testing.TB, n4, n6 int) *synth {
 			sy.vip6[v.Proto] = netip.AddrPortFrom(v.Addr, v.Port)
 		}
 	}
-	applyRuleset(t, ns, sy.state)
+	newDataPlane(t, ns).apply(t, sy.state)
 	run := func(args ...string) {
 		t.Helper()
 		if _, err := ns.Run(args[0], args[1:]...); err != nil {

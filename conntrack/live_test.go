@@ -126,7 +126,8 @@ func TestCleanupLive(t *testing.T) {
 			vips[v.Addr.Is6()] = netip.AddrPortFrom(v.Addr, v.Port)
 		}
 	}
-	applyRuleset(t, agent, state)
+	dp := newDataPlane(t, agent)
+	dp.apply(t, state)
 	k := kernelFor(t, agent)
 	cleaner := NewCleaner(k, true, nil)
 	if r, err := cleaner.Applied(ctx(t), state); err != nil || !r.Full || r.Deleted != 0 {
@@ -196,7 +197,7 @@ func TestCleanupLive(t *testing.T) {
 	// be1 unhealthy, be2 draining, be3 healthy.
 	prev := state
 	state = stateOf(t, liveApps(topo, []string{dead, `"state": "TASK_KILLING"`, alive}), prev)
-	applyRuleset(t, agent, state)
+	dp.apply(t, state)
 	// The ruleset alone breaks nothing: established flows keep their entry.
 	for _, h := range conns {
 		if _, err := h.echo("ruleset", 2*time.Second); err != nil {
@@ -259,13 +260,13 @@ func TestCleanupLive(t *testing.T) {
 
 	// be2's task is gone: its drained connections go too.
 	state = stateOf(t, liveApps(topo, []string{dead, "", alive}), state)
-	applyRuleset(t, agent, state)
+	dp.apply(t, state)
 	cleanup("draining task gone", topo.Backends[1])
 	checkHeld(t, conns, map[string]bool{"be1": true, "be2": true})
 
 	// N to 0: the last backend fails; the VIP refuses everything.
 	state = stateOf(t, liveApps(topo, []string{dead, "", dead}), state)
-	applyRuleset(t, agent, state)
+	dp.apply(t, state)
 	cleanup("N to 0", topo.Backends[2])
 	checkHeld(t, conns, map[string]bool{"be1": true, "be2": true, "be3": true})
 	if left := toolFlows(t, agent); len(left) != 0 {
