@@ -176,6 +176,7 @@ func parseToolLine(line string) (Flow, error) {
 // answers and every packet leaves one entry (SYN_SENT or UNREPLIED).
 type synth struct {
 	ns       *netns.NS
+	dp       *dataPlane
 	state    vip.State
 	apps     func(without ...netip.Addr) string // the apps, with the tasks on some backends left out
 	vip4     map[vip.Proto]netip.AddrPort
@@ -226,7 +227,8 @@ func newSynth(t testing.TB, n4, n6 int) *synth {
 			sy.vip6[v.Proto] = netip.AddrPortFrom(v.Addr, v.Port)
 		}
 	}
-	newDataPlane(t, ns).apply(t, sy.state)
+	sy.dp = newDataPlane(t, ns)
+	sy.dp.apply(t, sy.state)
 	run := func(args ...string) {
 		t.Helper()
 		if _, err := ns.Run(args[0], args[1:]...); err != nil {
@@ -284,42 +286,47 @@ func client(n uint32, six bool) netip.AddrPort {
 func (sy *synth) send(t testing.TB, proto vip.Proto, dst netip.AddrPort, n int) []netip.AddrPort {
 	t.Helper()
 	var clients []netip.AddrPort
-	pkt := make([]byte, 0, 80)
 	for range n {
 		src := client(sy.next, dst.Addr().Is6())
 		sy.next++
 		clients = append(clients, src)
-		pkt = pkt[:0]
-		var l4 []byte
-		if proto == vip.TCP {
-			l4 = binary.BigEndian.AppendUint16(nil, src.Port())
-			l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
-			l4 = append(l4, 0, 0, 0, 1, 0, 0, 0, 0, 5<<4, 0x02, 0x04, 0, 0, 0, 0, 0) // seq 1, SYN, window 1024
-		} else {
-			l4 = binary.BigEndian.AppendUint16(nil, src.Port())
-			l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
-			l4 = binary.BigEndian.AppendUint16(l4, 12)
-			l4 = append(l4, 0, 0, 'p', 'i', 'n', 'g')
-		}
-		var err error
-		if dst.Addr().Is4() {
-			pkt = append(pkt, 0x45, 0, 0, byte(20+len(l4)), 0, 0, 0, 0, 64, byte(proto), 0, 0)
-			pkt = append(pkt, src.Addr().AsSlice()...)
-			pkt = append(pkt, dst.Addr().AsSlice()...)
-			pkt = append(pkt, l4...)
-			err = unix.Sendto(sy.fd4, pkt, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()})
-		} else {
-			pkt = append(pkt, 0x60, 0, 0, 0, 0, byte(len(l4)), byte(proto), 64)
-			pkt = append(pkt, src.Addr().AsSlice()...)
-			pkt = append(pkt, dst.Addr().AsSlice()...)
-			pkt = append(pkt, l4...)
-			err = unix.Sendto(sy.fd6, pkt, 0, &unix.SockaddrInet6{Addr: dst.Addr().As16()})
-		}
-		if err != nil {
-			t.Fatalf("send %s -> %s: %v", src, dst, err)
-		}
+		sy.sendFrom(t, proto, src, dst)
 	}
 	return clients
+}
+
+// sendFrom sends one packet (a TCP SYN or a UDP datagram) from src to dst.
+func (sy *synth) sendFrom(t testing.TB, proto vip.Proto, src, dst netip.AddrPort) {
+	t.Helper()
+	var l4 []byte
+	if proto == vip.TCP {
+		l4 = binary.BigEndian.AppendUint16(nil, src.Port())
+		l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
+		l4 = append(l4, 0, 0, 0, 1, 0, 0, 0, 0, 5<<4, 0x02, 0x04, 0, 0, 0, 0, 0) // seq 1, SYN, window 1024
+	} else {
+		l4 = binary.BigEndian.AppendUint16(nil, src.Port())
+		l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
+		l4 = binary.BigEndian.AppendUint16(l4, 12)
+		l4 = append(l4, 0, 0, 'p', 'i', 'n', 'g')
+	}
+	var pkt [80]byte
+	var err error
+	if dst.Addr().Is4() {
+		p := append(pkt[:0], 0x45, 0, 0, byte(20+len(l4)), 0, 0, 0, 0, 64, byte(proto), 0, 0)
+		p = append(p, src.Addr().AsSlice()...)
+		p = append(p, dst.Addr().AsSlice()...)
+		p = append(p, l4...)
+		err = unix.Sendto(sy.fd4, p, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()})
+	} else {
+		p := append(pkt[:0], 0x60, 0, 0, 0, 0, byte(len(l4)), byte(proto), 64)
+		p = append(p, src.Addr().AsSlice()...)
+		p = append(p, dst.Addr().AsSlice()...)
+		p = append(p, l4...)
+		err = unix.Sendto(sy.fd6, p, 0, &unix.SockaddrInet6{Addr: dst.Addr().As16()})
+	}
+	if err != nil {
+		t.Fatalf("send %s -> %s: %v", src, dst, err)
+	}
 }
 
 // count returns the number of entries in the namespace's table.

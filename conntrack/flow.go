@@ -27,7 +27,7 @@ import (
 
 // Flow is one conntrack entry as l4lb sees it: the original direction
 // (client to VIP) and the reply direction (backend to client, after DNAT),
-// plus what the kernel needs to delete exactly this entry.
+// its zone and its id.
 type Flow struct {
 	Proto    vip.Proto      // IANA protocol number
 	OrigSrc  netip.AddrPort // the client
@@ -35,7 +35,7 @@ type Flow struct {
 	ReplySrc netip.AddrPort // who answers: the backend, when the flow was DNATed
 	ReplyDst netip.AddrPort // the client again, or the masquerade address (hairpin)
 	Zone     uint16         // conntrack zone, 0 by default
-	ID       uint32         // kernel id of the entry; 0 when unknown (Delete then matches by tuple alone)
+	ID       uint32         // kernel id of the entry, as listed (Delete names the entry by its tuples, not by id)
 }
 
 // DNATed reports whether the flow's destination was translated: the reply

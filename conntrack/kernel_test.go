@@ -66,44 +66,45 @@ func TestKernelLists(t *testing.T) {
 // TestKernelDeletes deletes one backend's flows and checks with the tool
 // that exactly those are gone; deleting them again is no error.
 func TestKernelDeletes(t *testing.T) {
-	for _, batch := range []int{1, 7, 256} {
-		sy := newSynth(t, 3, 2)
-		sy.send(t, vip.TCP, sy.vip4[vip.TCP], 100)
-		sy.send(t, vip.UDP, sy.vip4[vip.UDP], 50)
-		sy.send(t, vip.TCP, sy.vip6[vip.TCP], 40)
-		k := kernelFor(t, sy.ns, WithDeleteBatch(batch))
-		before := toolFlows(t, sy.ns)
-		for _, b := range []netip.Addr{sy.backends[1], sy.backends[4]} {
-			victims, err := k.FlowsFrom(ctx(t), []netip.Addr{b})
-			if err != nil || len(victims) == 0 {
-				t.Fatalf("batch %d: flows of %s: %d, %v", batch, b, len(victims), err)
-			}
-			n, err := k.Delete(ctx(t), victims)
-			if err != nil || n != len(victims) {
-				t.Fatalf("batch %d: delete %d flows of %s: %d, %v", batch, len(victims), b, n, err)
-			}
-			if left := toolFlows(t, sy.ns, "--reply-src", b.String()); len(left) != 0 {
-				t.Errorf("batch %d: %d flows of %s left:%s", batch, len(left), b, flowsString(left))
-			}
-			// Again: every entry is already gone, which is not a failure.
-			if n, err := k.Delete(ctx(t), victims); n != 0 || err != nil {
-				t.Errorf("batch %d: deleting again: %d, %v", batch, n, err)
-			}
+	sy := newSynth(t, 3, 2)
+	sy.send(t, vip.TCP, sy.vip4[vip.TCP], 100)
+	sy.send(t, vip.UDP, sy.vip4[vip.UDP], 50)
+	sy.send(t, vip.TCP, sy.vip6[vip.TCP], 40)
+	sy.send(t, vip.UDP, sy.vip6[vip.UDP], 20)
+	k := kernelFor(t, sy.ns)
+	before := toolFlows(t, sy.ns)
+	gone := []netip.Addr{sy.backends[1], sy.backends[4]}
+	for _, b := range gone {
+		victims, err := k.FlowsFrom(ctx(t), []netip.Addr{b})
+		if err != nil || len(victims) == 0 {
+			t.Fatalf("flows of %s: %d, %v", b, len(victims), err)
 		}
-		var want []Flow
-		for _, f := range before {
-			if a := f.ReplySrc.Addr(); a != sy.backends[1] && a != sy.backends[4] {
-				want = append(want, f)
-			}
+		n, err := k.Delete(ctx(t), victims)
+		if err != nil || n != len(victims) {
+			t.Fatalf("delete %d flows of %s: %d, %v", len(victims), b, n, err)
 		}
-		sameFlows(t, "left after deletes", toolFlows(t, sy.ns), want)
+		if left := toolFlows(t, sy.ns, "--reply-src", b.String()); len(left) != 0 {
+			t.Errorf("%d flows of %s left:%s", len(left), b, flowsString(left))
+		}
+		// Again: every entry is already gone, which is not a failure.
+		if n, err := k.Delete(ctx(t), victims); n != 0 || err != nil {
+			t.Errorf("deleting again: %d, %v", n, err)
+		}
 	}
+	var want []Flow
+	for _, f := range before {
+		if !slices.Contains(gone, f.ReplySrc.Addr()) {
+			want = append(want, f)
+		}
+	}
+	sameFlows(t, "left after deletes", toolFlows(t, sy.ns), want)
 }
 
-// TestKernelDeleteExact checks that Delete touches only the entry it was
-// given: an entry whose id changed (a new flow with the same tuple) is left
-// alone, and a request the kernel refuses is reported after the others
-// were done.
+// TestKernelDeleteExact checks that Delete touches only the entries it was
+// given, as they were listed: an entry that now answers from another
+// backend is left alone, a request the kernel refuses is reported after the
+// others were done, and a flow without complete tuples never reaches the
+// kernel (a delete request without a tuple would flush the table).
 func TestKernelDeleteExact(t *testing.T) {
 	sy := newSynth(t, 2, 1)
 	sy.send(t, vip.TCP, sy.vip4[vip.TCP], 20)
@@ -112,22 +113,71 @@ func TestKernelDeleteExact(t *testing.T) {
 	if err != nil || len(flows) != 20 {
 		t.Fatalf("flows: %d, %v", len(flows), err)
 	}
-	reused := flows[0]
-	reused.ID++
-	// ICMP needs type, code and id in a tuple: the kernel refuses this one.
+	elsewhere := flows[0]
+	other := sy.backends[0]
+	if elsewhere.ReplySrc.Addr() == other {
+		other = sy.backends[1]
+	}
+	elsewhere.ReplySrc = netip.AddrPortFrom(other, elsewhere.ReplySrc.Port())
+	// An ICMPv6 tuple in an IPv4 request: the kernel refuses it.
 	refused := flows[1]
-	refused.Proto = 1
-	n, err := k.Delete(ctx(t), []Flow{reused, refused, flows[2], flows[3]})
+	refused.Proto = 58
+	incomplete := flows[2]
+	incomplete.ReplySrc = netip.AddrPort{}
+	n, err := k.Delete(ctx(t), []Flow{elsewhere, refused, incomplete, flows[3], flows[4]})
 	de, ok := errors.AsType[*DeleteError](err)
-	if n != 2 || !ok || de.Failed != 1 {
-		t.Fatalf("delete: %d, %v; want 2 deleted and 1 failure", n, err)
+	if n != 2 || !ok || de.Failed != 2 {
+		t.Fatalf("delete: %d, %v; want 2 deleted and 2 failures", n, err)
+	}
+	if !errors.Is(err, errRefused) {
+		t.Errorf("first failure %v, want the kernel's refusal", de.Err)
 	}
 	left := toolFlows(t, sy.ns)
-	for i, f := range flows[:4] {
-		if kept := slices.Contains(left, f); kept != (i < 2) {
+	if len(left) != 18 {
+		t.Errorf("%d flows left, want 18", len(left))
+	}
+	for i, f := range flows[:5] {
+		if kept := slices.Contains(left, f); kept != (i < 3) {
 			t.Errorf("flow %d (%s): in the table %v", i, f, kept)
 		}
 	}
+}
+
+// TestKernelDeleteSkipsNewFlow is the race that ti-mo's delete, which does
+// not send the entry's id, would open: between the listing and the delete,
+// the listed entries end and their clients come back on the same ports,
+// DNATed by the new ruleset to the live backend. Delete, naming entries by
+// their reply tuple, leaves these new flows alone; a delete by original
+// tuple would reset them.
+func TestKernelDeleteSkipsNewFlow(t *testing.T) {
+	sy := newSynth(t, 2, 1)
+	sy.send(t, vip.TCP, sy.vip4[vip.TCP], 30)
+	sy.send(t, vip.UDP, sy.vip4[vip.UDP], 30)
+	dead, live := sy.backends[0], sy.backends[1]
+	k := kernelFor(t, sy.ns)
+	listed, err := k.FlowsFrom(ctx(t), []netip.Addr{dead})
+	if err != nil || len(listed) == 0 {
+		t.Fatalf("flows of %s: %d, %v", dead, len(listed), err)
+	}
+	sy.dp.apply(t, stateOf(t, sy.apps(dead), sy.state))
+	if _, err := sy.ns.Run("conntrack", "-D", "--reply-src", dead.String()); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range listed {
+		sy.sendFrom(t, f.Proto, f.OrigSrc, f.OrigDst)
+	}
+	newcomers := toolFlows(t, sy.ns, "--reply-src", live.String())
+	for _, f := range listed {
+		if !slices.ContainsFunc(newcomers, func(n Flow) bool { return n.Proto == f.Proto && n.OrigSrc == f.OrigSrc }) {
+			t.Fatalf("no new flow from %s via %s", f.OrigSrc, live)
+		}
+	}
+
+	n, err := k.Delete(ctx(t), listed)
+	if n != 0 || err != nil {
+		t.Errorf("delete the listed flows: %d, %v; want nothing deleted", n, err)
+	}
+	sameFlows(t, "after the delete", toolFlows(t, sy.ns, "--reply-src", live.String()), newcomers)
 }
 
 // TestKernelContext checks that a cancelled or expired context stops a call

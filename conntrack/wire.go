@@ -9,10 +9,12 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// The ctnetlink messages l4lb sends and reads, encoded and decoded by hand:
-// a dump reply is decoded only as far as Stale and Delete need (tuples, id,
-// zone), which is several times faster than a full decode and allocates
-// nothing per flow. Only kernel.go talks to the kernel; this file is pure.
+// The ctnetlink messages of the filtered dumps (filtered.go), encoded and
+// decoded by hand: a request with the kernel's status and reply-tuple
+// filters, which github.com/ti-mo/conntrack cannot send, and a reply
+// decoded only as far as Stale and Delete need (tuples, id, zone), which is
+// several times faster than a full decode and allocates nothing per flow.
+// This file is pure.
 // Numbers are from linux/netlink.h, linux/netfilter/nfnetlink.h,
 // nfnetlink_conntrack.h and nf_conntrack_common.h.
 
@@ -39,7 +41,6 @@ const (
 
 	subsysCTNetlink = 1
 	msgCTGet        = subsysCTNetlink<<8 | 1 // IPCTNL_MSG_CT_GET
-	msgCTDelete     = subsysCTNetlink<<8 | 2 // IPCTNL_MSG_CT_DELETE
 
 	familyUnspec = 0  // AF_UNSPEC: both families
 	familyIPv4   = 2  // AF_INET
@@ -98,17 +99,9 @@ func nest(b []byte, typ uint16, fill func([]byte) []byte) []byte {
 	return b
 }
 
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 
 func nfgenmsg(b []byte, family uint8) []byte { return append(b, family, 0, 0, 0) }
-
-func family(a netip.Addr) uint8 {
-	if a.Is4() {
-		return familyIPv4
-	}
-	return familyIPv6
-}
 
 // appendDumpRequest appends the body of a dump request: every DNATed flow of
 // family (familyUnspec: both), or only those whose reply source address is
@@ -131,44 +124,6 @@ func appendDumpRequest(b []byte, fam uint8, replySrc netip.Addr) []byte {
 	}
 	b = appendAttr(b, ctaStatus, be32(ipsDstNAT))
 	return appendAttr(b, ctaStatusMask, be32(ipsDstNAT))
-}
-
-// errBadFlow marks a flow that cannot be deleted by tuple.
-var errBadFlow = errors.New("flow has no complete original tuple")
-
-// appendDelete appends the body of a request that deletes exactly f: the
-// entry with f's original tuple in f's zone, and f's id when known (so that
-// a new flow that reused the tuple since the dump is left alone). Without a
-// tuple the kernel would flush the whole table instead, so a flow without
-// one is refused here.
-func appendDelete(b []byte, f Flow) ([]byte, error) {
-	src, dst := f.OrigSrc.Addr(), f.OrigDst.Addr()
-	if !src.IsValid() || !dst.IsValid() || src.Is4() != dst.Is4() || src.Zone() != "" || dst.Zone() != "" {
-		return b, fmt.Errorf("%w: %s", errBadFlow, f)
-	}
-	b = nfgenmsg(b, family(src))
-	b = nest(b, ctaTupleOrig, func(b []byte) []byte {
-		b = nest(b, ctaTupleIP, func(b []byte) []byte {
-			if src.Is4() {
-				b = appendAttr(b, ctaIPv4Src, src.AsSlice())
-				return appendAttr(b, ctaIPv4Dst, dst.AsSlice())
-			}
-			b = appendAttr(b, ctaIPv6Src, src.AsSlice())
-			return appendAttr(b, ctaIPv6Dst, dst.AsSlice())
-		})
-		return nest(b, ctaTupleProto, func(b []byte) []byte {
-			b = appendAttr(b, ctaProtoNum, []byte{uint8(f.Proto)})
-			b = appendAttr(b, ctaProtoSrcPort, be16(f.OrigSrc.Port()))
-			return appendAttr(b, ctaProtoDstPort, be16(f.OrigDst.Port()))
-		})
-	})
-	if f.Zone != 0 {
-		b = appendAttr(b, ctaZone, be16(f.Zone))
-	}
-	if f.ID != 0 {
-		b = appendAttr(b, ctaID, be32(f.ID))
-	}
-	return b, nil
 }
 
 // attrs walks the attributes in b, calling fn with each one's type (flags

@@ -3,12 +3,20 @@ package conntrack
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"net/netip"
 	"testing"
 
 	"github.com/l4lb/l4lb/vip"
 )
+
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+func family(a netip.Addr) uint8 {
+	if a.Is4() {
+		return familyIPv4
+	}
+	return familyIPv6
+}
 
 // appendTuple encodes one direction the way the kernel does in a dump.
 func appendTuple(b []byte, typ uint16, proto vip.Proto, src, dst netip.AddrPort) []byte {
@@ -91,62 +99,6 @@ func TestParseFlowMalformed(t *testing.T) {
 	} {
 		if f, err := parseFlow(b); err == nil {
 			t.Errorf("%s: parsed %s, want an error", name, f)
-		}
-	}
-}
-
-func TestAppendDelete(t *testing.T) {
-	f := Flow{Proto: vip.UDP, OrigSrc: ap("fd00:198:19::1:b", 5353), OrigDst: ap("fd00:198:18::1", 53),
-		ReplySrc: ap("fd00:198:19::c", 31053), ReplyDst: ap("fd00:198:19::1:b", 5353), Zone: 7, ID: 42}
-	b, err := appendDelete(nil, f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b[0] != familyIPv6 {
-		t.Errorf("family %d", b[0])
-	}
-	// Decode it back as the kernel would: the original tuple, zone and id.
-	var got Flow
-	var seen []uint16
-	err = attrs(b[nfgenmsgLen:], func(typ uint16, data []byte) error {
-		seen = append(seen, typ)
-		switch typ {
-		case ctaTupleOrig:
-			tp, err := parseTuple(data)
-			got.Proto, got.OrigSrc, got.OrigDst = tp.proto, tp.src, tp.dst
-			return err
-		case ctaZone:
-			got.Zone = binary.BigEndian.Uint16(data)
-		case ctaID:
-			got.ID = binary.BigEndian.Uint32(data)
-		}
-		return nil
-	})
-	want := Flow{Proto: f.Proto, OrigSrc: f.OrigSrc, OrigDst: f.OrigDst, Zone: 7, ID: 42}
-	if err != nil || got != want || len(seen) != 3 {
-		t.Errorf("decoded %+v (attrs %v), %v; want %+v", got, seen, err, want)
-	}
-	// Zone and id are left out when zero.
-	f.Zone, f.ID = 0, 0
-	b, _ = appendDelete(nil, f)
-	n := 0
-	_ = attrs(b[nfgenmsgLen:], func(uint16, []byte) error { n++; return nil })
-	if n != 1 {
-		t.Errorf("%d attributes, want only the tuple", n)
-	}
-}
-
-// A delete request without a complete tuple would flush the table: refuse.
-func TestAppendDeleteRefusesIncompleteTuples(t *testing.T) {
-	for _, f := range []Flow{
-		{},
-		{Proto: vip.TCP, OrigDst: ap("198.18.0.1", 80)},
-		{Proto: vip.TCP, OrigSrc: ap("198.19.1.11", 1)},
-		{Proto: vip.TCP, OrigSrc: ap("198.19.1.11", 1), OrigDst: ap("fd00:198:18::1", 80)},
-		{Proto: vip.TCP, OrigSrc: netip.AddrPortFrom(netip.MustParseAddr("fe80::1%eth0"), 1), OrigDst: ap("fe80::2", 80)},
-	} {
-		if b, err := appendDelete(nil, f); !errors.Is(err, errBadFlow) || len(b) != 0 {
-			t.Errorf("%s: %v, %d bytes", f, err, len(b))
 		}
 	}
 }
