@@ -20,10 +20,12 @@ type Interface interface {
 	// FlowsFrom returns the DNATed flows whose reply source address is one
 	// of addrs: the flows of those backends.
 	FlowsFrom(ctx context.Context, addrs []netip.Addr) ([]Flow, error)
-	// Delete deletes each flow's entry, matched by original tuple, zone and
-	// (when known) id. An entry that is already gone is neither counted nor
-	// an error. Entries that could not be deleted for another reason are
-	// reported with a *DeleteError after the others were tried.
+	// Delete deletes each flow's entry, as listed: the entry in the flow's
+	// zone whose reply tuple is the flow's, which names its backend, so that
+	// a new flow that took the original tuple since the listing (to another
+	// backend) is left alone. An entry that is already gone is neither
+	// counted nor an error. Entries that could not be deleted for another
+	// reason are reported with a *DeleteError after the others were tried.
 	Delete(ctx context.Context, flows []Flow) (deleted int, err error)
 }
 

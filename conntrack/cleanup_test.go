@@ -100,16 +100,16 @@ func TestCleanupErrors(t *testing.T) {
 	}
 }
 
-func TestFakeDeleteMatchesID(t *testing.T) {
-	f := dnat(vip.TCP, 1, ap("198.18.0.1", 80), ap("198.19.0.11", 31000))
-	f.ID = 7
-	fake := NewFake(f)
-	reused := f
-	reused.ID = 8 // the tuple was reused by a new flow since the listing
-	if n, _ := fake.Delete(context.Background(), []Flow{reused}); n != 0 {
-		t.Error("deleted an entry with another id")
+func TestFakeDeleteMatchesReplyTuple(t *testing.T) {
+	listed := dnat(vip.TCP, 1, ap("198.18.0.1", 80), ap("198.19.0.11", 31000))
+	// Since the listing, the entry ended and a new flow from the same
+	// client port went to another backend.
+	newcomer := dnat(vip.TCP, 1, ap("198.18.0.1", 80), ap("198.19.0.12", 31000))
+	fake := NewFake(newcomer)
+	if n, _ := fake.Delete(context.Background(), []Flow{listed}); n != 0 || len(fake.Table()) != 1 {
+		t.Error("deleted the new flow that took the listed one's original tuple")
 	}
-	if n, _ := fake.Delete(context.Background(), []Flow{f}); n != 1 {
+	if n, _ := fake.Delete(context.Background(), []Flow{newcomer}); n != 1 || len(fake.Table()) != 0 {
 		t.Error("did not delete the entry")
 	}
 }

@@ -9,8 +9,8 @@ import (
 
 // Fake is an in-memory conntrack table for the tests of code that holds an
 // Interface (the sync loop). It behaves like Kernel: it lists DNATed flows
-// and deletes by original tuple, zone and id, an entry already gone being
-// no error. It is safe for concurrent use.
+// and deletes by reply tuple and zone, an entry already gone being no
+// error. It is safe for concurrent use.
 type Fake struct {
 	mu        sync.Mutex
 	table     []Flow
@@ -112,8 +112,7 @@ func (f *Fake) Delete(ctx context.Context, flows []Flow) (int, error) {
 	n := 0
 	for _, d := range flows {
 		i := slices.IndexFunc(f.table, func(e Flow) bool {
-			return e.Proto == d.Proto && e.OrigSrc == d.OrigSrc && e.OrigDst == d.OrigDst &&
-				e.Zone == d.Zone && (d.ID == 0 || e.ID == d.ID)
+			return e.Proto == d.Proto && e.ReplySrc == d.ReplySrc && e.ReplyDst == d.ReplyDst && e.Zone == d.Zone
 		})
 		if i < 0 {
 			continue
