@@ -7,19 +7,20 @@ import (
 	"testing"
 
 	"github.com/l4lb/l4lb/vip"
-	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
 
 func TestFromCT(t *testing.T) {
-	var c ct.Flow
-	c.TupleOrig.IP = ct.IPTuple{SourceAddress: netip.MustParseAddr("fd00:198:19::1:b"), DestinationAddress: netip.MustParseAddr("fd00:198:18::1")}
-	c.TupleOrig.Proto = ct.ProtoTuple{Protocol: 17, SourcePort: 5353, DestinationPort: 53}
-	c.TupleReply.IP = ct.IPTuple{SourceAddress: netip.MustParseAddr("fd00:198:19::c"), DestinationAddress: netip.MustParseAddr("fd00:198:19::1:b")}
-	c.TupleReply.Proto = ct.ProtoTuple{Protocol: 17, SourcePort: 31053, DestinationPort: 5353}
-	c.Zone, c.ID = 7, 42
 	want := Flow{Proto: vip.UDP, OrigSrc: ap("fd00:198:19::1:b", 5353), OrigDst: ap("fd00:198:18::1", 53),
 		ReplySrc: ap("fd00:198:19::c", 31053), ReplyDst: ap("fd00:198:19::1:b", 5353), Zone: 7, ID: 42}
+	c, err := toCT(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a dump fills it: the original tuple's protocol and ports, the id.
+	c.TupleOrig.Proto.Protocol = uint8(vip.UDP)
+	c.TupleOrig.Proto.SourcePort, c.TupleOrig.Proto.DestinationPort = 5353, 53
+	c.ID = 42
 	if got := fromCT(&c); got != want {
 		t.Errorf("fromCT: %+v, want %+v", got, want)
 	}
@@ -40,7 +41,7 @@ func TestToCT(t *testing.T) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		six := f.OrigSrc.Addr().Is6()
-		if c.TupleOrig.Proto != (ct.ProtoTuple{}) || c.TupleOrig.IP.IsIPv6() != six || c.TupleReply.IP.IsIPv6() != six {
+		if p := c.TupleOrig.Proto; p.Protocol != 0 || p.SourcePort != 0 || p.DestinationPort != 0 || c.TupleOrig.IP.IsIPv6() != six || c.TupleReply.IP.IsIPv6() != six {
 			t.Errorf("%s: original tuple %+v", f, c.TupleOrig)
 		}
 		if c.ID != 0 || c.Zone != f.Zone || c.Status.Value != 0 || c.Mark != 0 || c.Timeout != 0 {
