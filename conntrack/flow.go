@@ -6,8 +6,10 @@
 // Deciding what to delete is a pure, level-triggered function of the flows
 // and the desired state (Stale), so that a missed event, a restart, a
 // deleted VIP and N->0 or 0->N backends are all covered by the next pass.
-// The kernel adapter (Kernel, in kernel.go) only dumps and deletes; Fake
-// stands in for it in the sync loop's tests. Cleanup ties the three
+// The kernel adapter (Kernel) only lists and deletes: over
+// github.com/ti-mo/conntrack (kernel.go), except for the dumps narrowed to
+// some backends, which ti-mo cannot ask for (filtered.go); Fake stands in
+// for it in the sync loop's tests. Cleanup ties the three
 // together, and Cleaner runs it after every ruleset change, narrowed to the
 // backends that lost their place (Lost), with a full pass at start, after a
 // failure and on demand.
