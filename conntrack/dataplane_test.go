@@ -295,15 +295,24 @@ func (sy *synth) send(t testing.TB, proto vip.Proto, dst netip.AddrPort, n int) 
 	return clients
 }
 
-// sendFrom sends one packet (a TCP SYN or a UDP datagram) from src to dst.
+// sendFrom sends one packet (a TCP SYN, a UDP datagram, or an ICMP or
+// ICMPv6 echo request whose id is src's port) from src to dst.
 func (sy *synth) sendFrom(t testing.TB, proto vip.Proto, src, dst netip.AddrPort) {
 	t.Helper()
 	var l4 []byte
-	if proto == vip.TCP {
+	switch proto {
+	case 1, 58:
+		typ := byte(8) // echo request
+		if proto == 58 {
+			typ = 128
+		}
+		l4 = append([]byte{typ, 0, 0, 0}, binary.BigEndian.AppendUint16(nil, src.Port())...)
+		l4 = append(l4, 0, 1) // sequence
+	case vip.TCP:
 		l4 = binary.BigEndian.AppendUint16(nil, src.Port())
 		l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
 		l4 = append(l4, 0, 0, 0, 1, 0, 0, 0, 0, 5<<4, 0x02, 0x04, 0, 0, 0, 0, 0) // seq 1, SYN, window 1024
-	} else {
+	default:
 		l4 = binary.BigEndian.AppendUint16(nil, src.Port())
 		l4 = binary.BigEndian.AppendUint16(l4, dst.Port())
 		l4 = binary.BigEndian.AppendUint16(l4, 12)
