@@ -26,22 +26,22 @@ import (
 //     kernel only by mark, so the DNATed flows are kept here (status
 //     IPS_DST_NAT, and a reply that does not come from the original
 //     destination). ti-mo decodes every attribute of every entry into a
-//     496-byte Flow: with 100,000 entries, Flows takes about 0.55 s and
-//     allocates 260 MB, 1.6 times the time (and 3.7 times the memory) of
+//     496-byte Flow: with 100,000 entries, Flows takes 0.55 to 0.75 s and
+//     allocates 260 MB, 1.5 to 2 times the time (and 3.7 times the memory) of
 //     the hand-written dump of the same flows (FlowsFrom with every
 //     backend); that is the library's price
 //     on a pass that runs rarely. Delete is one Conn.Delete round trip per
-//     entry, about 25 µs each: 75 ms for a backend with 3,000 flows.
+//     entry, 25 to 35 µs each: 75 to 105 ms for a backend with 3,000 flows.
 //   - FlowsFrom (the pass after a change, narrowed to the backends that lost
 //     their place) is a hand-written ctnetlink dump (filtered.go, wire.go)
 //     that asks the kernel for the DNATed flows of one backend address at a
 //     time (CTA_STATUS with CTA_STATUS_MASK, and a reply-tuple CTA_FILTER),
 //     which ti-mo cannot express. The kernel still walks the whole table
 //     but serializes only those flows, and only their tuples, id and zone
-//     are decoded: about 50 ms with 100,000 entries, where a ti-mo dump and
-//     a selection here would cost a full pass's 0.55 s after every change.
+//     are decoded: 40 to 60 ms with 100,000 entries, where a ti-mo dump and
+//     a selection here would cost a full pass's 0.6 s after every change.
 //     With the deletes, such a pass over 100,000 entries that removes a
-//     backend's 3,000 takes about 130 ms (BenchmarkCleanup).
+//     backend's 3,000 takes 115 to 165 ms (BenchmarkCleanup).
 //
 // Which entry a delete hits: ti-mo's Delete does not send the entry's id
 // (CTA_ID; its Flow.marshal leaves the id out), and the kernel deletes
