@@ -152,6 +152,32 @@ func TestMarathonEndToEnd(t *testing.T) {
 		t.Fatalf("before: %v", got)
 	}
 
+	// Hold connections to both backends through the VIP.
+	type held struct {
+		name string
+		c    net.Conn
+		r    *bufio.Reader
+	}
+	var conns []held
+	count := map[string]int{}
+	for len(conns) < 16 || count["be1"] == 0 || count["be2"] == 0 {
+		if len(conns) > 64 {
+			t.Fatalf("64 connections did not reach both backends: %v", count)
+		}
+		c, err := topo.Containers[0].DialTCP(context.Background(), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		r := bufio.NewReader(c)
+		name, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, held{strings.TrimSpace(name), c, r})
+		count[strings.TrimSpace(name)]++
+	}
+
 	// be2 fails its health check; Marathon announces it on the stream.
 	start := time.Now()
 	m.set(healthApps(topo, port, 1), "", "health_status_changed_event")
@@ -168,6 +194,19 @@ func TestMarathonEndToEnd(t *testing.T) {
 	}
 	if got := seen(20); got["be2"] > 0 || got["be1"] != 20 {
 		t.Errorf("after be2 failed its check: %v", got)
+	}
+	// Its connections were flushed: the next packet gets a reset, not a
+	// hang; be1's connections keep working.
+	for _, h := range conns {
+		_ = h.c.SetDeadline(time.Now().Add(time.Second))
+		fmt.Fprintln(h.c, "ping")
+		line, err := h.r.ReadString('\n')
+		switch {
+		case h.name == "be2" && (err == nil || !netns.IsRefused(err)):
+			t.Errorf("connection to unhealthy be2: %q, %v; want a reset", line, err)
+		case h.name == "be1" && (err != nil || !strings.Contains(line, "ping")):
+			t.Errorf("connection to healthy be1: %q, %v", line, err)
+		}
 	}
 
 	// Marathon down, then answering garbage: the last good state stays.

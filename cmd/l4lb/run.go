@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/api"
@@ -110,15 +111,25 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ct, err := conntrack.New()
+	if err != nil {
+		return fmt.Errorf("open conntrack netlink (l4lb run needs root or CAP_NET_ADMIN): %w", err)
+	}
+	defer ct.Close()
+	ctMetrics, err := conntrack.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	rec := reconcile.New(reconcile.Config{
-		Sources:  sources,
-		NAT:      k,
-		Forward:  forward.New(),
-		Metrics:  reconcile.NewMetrics(reg),
-		Model:    vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
-		Table:    f.table,
-		StateDir: f.stateDir,
-		Logger:   log,
+		Sources:   sources,
+		NAT:       k,
+		Forward:   forward.New(),
+		Conntrack: conntrack.NewCleaner(ct, f.flushUnhealthy, ctMetrics),
+		Metrics:   reconcile.NewMetrics(reg),
+		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
+		Table:     f.table,
+		StateDir:  f.stateDir,
+		Logger:    log,
 	})
 
 	ln, err := net.Listen("tcp", f.apiListen)

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/runner"
@@ -24,15 +25,22 @@ import (
 
 // Config is what the reconciler needs.
 type Config struct {
-	Sources  []source.Source
-	NAT      nat.Interface
-	Forward  forward.Interface // nil: iptables is left alone
-	Metrics  *Metrics          // nil: not measured
-	Model    vip.Config        // pools, domain, resolver; Previous is managed here
-	Table    string
-	StateDir string // where allocations persist; empty keeps them in memory
-	Logger   *slog.Logger
-	Now      func() time.Time // time.Now when nil
+	Sources []source.Source
+	NAT     nat.Interface
+	Forward forward.Interface // nil: iptables is left alone
+	// Conntrack deletes the flows of backends that stopped serving; nil
+	// leaves conntrack alone.
+	Conntrack *conntrack.Cleaner
+	// ConntrackFullEvery bounds how often a full sync also runs a full
+	// conntrack pass (which lists every flow); the passes after each change
+	// look only at the backends that lost their place. 5 minutes when zero.
+	ConntrackFullEvery time.Duration
+	Metrics            *Metrics   // nil: not measured
+	Model              vip.Config // pools, domain, resolver; Previous is managed here
+	Table              string
+	StateDir           string // where allocations persist; empty keeps them in memory
+	Logger             *slog.Logger
+	Now                func() time.Time // time.Now when nil
 }
 
 // Status is the outcome of the last sync, for the API and health checks.
@@ -57,8 +65,9 @@ type Reconciler struct {
 	good      *goodState // last good read of the sources
 	alloc     vip.Allocations
 	allocErr  error
-	applied   uint64 // fingerprint of the last ruleset in the kernel; 0 when unknown
-	unchecked string // last report of iptables backends that cannot be inspected
+	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
+	unchecked string    // last report of iptables backends that cannot be inspected
+	ctFullAt  time.Time // when the last full conntrack pass ran
 	status    atomic.Pointer[Status]
 }
 
@@ -185,7 +194,45 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"readBack", res.ReadBack, "rebuilt", res.Rebuilt, "batches", res.Batches, "elements", res.Elements,
 			"chains", res.Chains, "routes", res.Routes)
 	}
+	if err := r.cleanConntrack(ctx, state, full); err != nil {
+		// The rules are right; the retry (a full sync) runs a full pass.
+		m.syncFailures.WithLabelValues("conntrack").Inc()
+		st.LastError = err.Error()
+		r.status.Store(&st)
+		return err
+	}
 	return srcErr
+}
+
+// cleanConntrack deletes the conntrack entries of backends that the change
+// just applied took out of service (unhealthy with --flush-unhealthy, gone,
+// terminal), so that their clients get a reset or move on at their next
+// packet. Draining backends keep theirs.
+func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full bool) error {
+	c := r.cfg.Conntrack
+	if c == nil {
+		return nil
+	}
+	every := r.cfg.ConntrackFullEvery
+	if every <= 0 {
+		every = 5 * time.Minute
+	}
+	clean := c.Applied
+	if full && time.Since(r.ctFullAt) >= every {
+		clean = c.Reconcile
+	}
+	res, err := clean(ctx, state)
+	if res.Full && err == nil {
+		r.ctFullAt = time.Now()
+	}
+	if err != nil {
+		return fmt.Errorf("conntrack cleanup: %w", err)
+	}
+	if res.Deleted > 0 || res.Failed > 0 {
+		r.log.Info("deleted conntrack entries of backends out of service", "deleted", res.Deleted, "failed", res.Failed,
+			"full", res.Full, "listed", res.Flows, "took", (res.Dump + res.Select + res.Delete).String())
+	}
+	return nil
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
