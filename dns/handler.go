@@ -273,8 +273,17 @@ func udpSize(opt *mdns.OPT) int {
 
 // isTCP reports whether the query came over TCP.
 func isTCP(w mdns.ResponseWriter) bool {
+	if _, ok := w.(*udpWriter); ok {
+		return false // without building an address
+	}
 	_, ok := w.RemoteAddr().(*net.TCPAddr)
 	return ok
+}
+
+// forwards reports whether the handler forwards r: answering it waits on
+// upstreams.
+func (h *Handler) forwards(r *mdns.Msg) bool {
+	return h.fwd != nil && len(r.Question) == 1 && !inZone(strings.ToLower(r.Question[0].Name), h.origin)
 }
 
 // forward relays the query to the upstreams and their answer to the client,

@@ -8,12 +8,10 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
 	"golang.org/x/net/netutil"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -37,7 +35,7 @@ type Server struct {
 	mu       sync.Mutex
 	listened bool
 	ran      bool
-	pcs      []net.PacketConn
+	pcs      []*net.UDPConn
 	lns      []net.Listener
 	addrs    []netip.AddrPort
 	ready    chan struct{}
@@ -117,9 +115,18 @@ func (s *Server) Listen() error {
 			if err != nil {
 				return fail(fmt.Errorf("dns: listen udp %s: %w", bound, err))
 			}
-			s.pcs = append(s.pcs, pc)
+			conn := pc.(*net.UDPConn)
+			s.pcs = append(s.pcs, conn)
+			if err := growRcvBuf(conn); err != nil {
+				return fail(fmt.Errorf("dns: listen udp %s: receive buffer: %w", bound, err))
+			}
+			if ap.Addr().IsUnspecified() {
+				if err := setPktinfo(conn, ap.Addr().Is6()); err != nil {
+					return fail(fmt.Errorf("dns: listen udp %s: %w", bound, err))
+				}
+			}
 			if i == 0 { // the other sockets share the port the first one got
-				bound = netip.AddrPortFrom(ap.Addr(), pc.LocalAddr().(*net.UDPAddr).AddrPort().Port())
+				bound = netip.AddrPortFrom(ap.Addr(), conn.LocalAddr().(*net.UDPAddr).AddrPort().Port())
 			}
 		}
 		ln, err := lc.Listen(ctx, tcpNet(ap), bound.String())
@@ -148,22 +155,6 @@ func tcpNet(ap netip.AddrPort) string {
 	return "tcp6"
 }
 
-// reusePort sets SO_REUSEPORT: several sockets of this process share an
-// address, and a restarted daemon can bind while the old one drains.
-func reusePort(network, address string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	})
-	if err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set SO_REUSEPORT: %w", serr)
-	}
-	return nil
-}
-
 // Run serves until ctx is done, then shuts every listener down, waits for
 // the answers in flight (at most a few seconds) and returns nil. It binds
 // the sockets first unless Listen did, and returns a bind error at once. It
@@ -185,17 +176,16 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 
+	// UDP: a read loop per socket (udp.go). TCP: miekg/dns's server, a
+	// goroutine per connection.
 	var servers []*mdns.Server
-	for _, pc := range s.pcs {
-		servers = append(servers, &mdns.Server{PacketConn: pc, Handler: s.handler, UDPSize: maxUDPSize})
-	}
 	for _, ln := range s.lns {
 		servers = append(servers, &mdns.Server{Listener: netutil.LimitListener(ln, maxTCPConns), Handler: s.handler})
 	}
 	// A server can be shut down only once it has started: started counts
 	// down when it starts serving or returns, whichever comes first.
 	var started sync.WaitGroup
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+len(s.pcs))
 	for _, srv := range servers {
 		var once sync.Once
 		started.Add(1)
@@ -204,14 +194,25 @@ func (s *Server) Run(ctx context.Context) error {
 			err := srv.ActivateAndServe()
 			once.Do(started.Done)
 			if err != nil {
-				err = fmt.Errorf("dns: serve %s: %w", serverAddr(srv), err)
+				err = fmt.Errorf("dns: serve tcp %s: %w", srv.Listener.Addr(), err)
+			}
+			errc <- err
+		}()
+	}
+	var forwards sync.WaitGroup // UDP queries being forwarded
+	for _, conn := range s.pcs {
+		u := &udpServer{conn: conn, h: s.handler, pktinfo: conn.LocalAddr().(*net.UDPAddr).IP.IsUnspecified(), inflight: &forwards}
+		go func() {
+			err := u.serve()
+			if err != nil {
+				err = fmt.Errorf("dns: serve udp %s: %w", conn.LocalAddr(), err)
 			}
 			errc <- err
 		}()
 	}
 
 	var errs []error
-	pending := len(servers)
+	pending := len(servers) + len(s.pcs)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
@@ -222,12 +223,15 @@ func (s *Server) Run(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	s.cancel() // queries being forwarded end now
+	for _, conn := range s.pcs {
+		conn.Close() // ends its read loop
+	}
 	started.Wait()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	for _, srv := range servers {
 		// An error means it was not running (it failed) or that answers
-		// in flight outlived the timeout; it has closed its socket anyway.
+		// in flight outlived the timeout; it has closed its listener anyway.
 		_ = srv.ShutdownContext(sctx)
 	}
 	for range pending {
@@ -235,19 +239,10 @@ func (s *Server) Run(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	forwards.Wait()
 	// A server that failed before serving may not have closed its socket.
-	for _, pc := range s.pcs {
-		pc.Close()
-	}
 	for _, ln := range s.lns {
 		ln.Close()
 	}
 	return errors.Join(errs...)
-}
-
-func serverAddr(srv *mdns.Server) string {
-	if srv.PacketConn != nil {
-		return "udp " + srv.PacketConn.LocalAddr().String()
-	}
-	return "tcp " + srv.Listener.Addr().String()
 }

@@ -372,3 +372,44 @@ func TestDig(t *testing.T) {
 		})
 	}
 }
+
+// TestServerWildcard listens on the wildcard addresses: each answer must
+// leave from the address its query was sent to (clients use connected
+// sockets and drop anything else), whichever address of the agent that is.
+func TestServerWildcard(t *testing.T) {
+	topo := netns.TopologyForTest(t, "l4dnsw", 1, 1)
+	srv, err := New(Config{Listen: []string{"0.0.0.0:5353", "[::]:5353"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := testState(t)
+	srv.Publish(Records(state, ""))
+	startServer(t, topo.Agent.NS, srv)
+	want := addrOf(t, state, nameMyservice, false).String()
+	for _, tc := range []struct {
+		from *netns.NS
+		to   netip.Addr
+	}{
+		{topo.Agent.NS, netip.MustParseAddr("127.0.0.1")},
+		{topo.Agent.NS, netip.MustParseAddr("::1")},
+		{topo.Containers[0].NS, topo.AgentCtr.Addr4},
+		{topo.Containers[0].NS, topo.AgentCtr.Addr6},
+		{topo.Backends[0].NS, topo.Agent.Addr4},
+		{topo.Backends[0].NS, topo.Agent.Addr6},
+		// Another address of the agent than the one on the client's link.
+		{topo.Backends[0].NS, topo.AgentCtr.Addr4},
+	} {
+		for _, network := range []string{"udp", "tcp"} {
+			m := new(mdns.Msg)
+			m.SetQuestion(nameMyservice+".", mdns.TypeA)
+			r, err := exchange(tc.from, network, m, netip.AddrPortFrom(tc.to, 5353))
+			if err != nil {
+				t.Errorf("%s to %s from %s: %v", network, tc.to, tc.from.Name, err)
+				continue
+			}
+			if len(r.Answer) != 1 || r.Answer[0].(*mdns.A).A.String() != want {
+				t.Errorf("%s to %s from %s: %v", network, tc.to, tc.from.Name, r)
+			}
+		}
+	}
+}
