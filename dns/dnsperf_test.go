@@ -33,13 +33,14 @@ import (
 // and runs dnsperf against 127.0.0.1 there: a closed-loop run for the
 // highest rate, and an open-loop run at -dnsperf.qps in which a second
 // dnsperf probes at 2,000 queries per second with -v, whose per-query
-// latencies give the percentiles under that load; once with one UDP socket
-// and once with one SO_REUSEPORT socket per CPU, side by side.
+// latencies give the percentiles under that load. Side by side: one
+// SO_REUSEPORT socket per CPU without recvmmsg/sendmmsg batches, one socket
+// with batches, and the server's own setting, a socket per CPU with batches.
 var (
 	dnsperfOn      = flag.Bool("dnsperf", os.Getenv("L4LB_DNSPERF") != "", "run the dnsperf benchmark")
 	dnsperfTime    = flag.Duration("dnsperf.time", 5*time.Second, "length of each dnsperf run")
 	dnsperfQPS     = flag.Int("dnsperf.qps", 50000, "offered load of the latency runs, queries per second")
-	dnsperfProfile = flag.String("dnsperf.cpuprofile", "", "write a CPU profile of the server during the per-CPU latency run")
+	dnsperfProfile = flag.String("dnsperf.cpuprofile", "", "write a CPU profile of the server during the last latency run")
 )
 
 // perfState is a state of n named VIPs: every tenth has an IPv6 address
@@ -213,8 +214,14 @@ func TestDNSPerf(t *testing.T) {
 	type config struct {
 		name    string
 		sockets int
+		batch   int
 	}
-	configs := []config{{"1 UDP socket", 1}, {fmt.Sprintf("%d UDP sockets (per CPU)", runtime.GOMAXPROCS(0)), runtime.GOMAXPROCS(0)}}
+	cpus := runtime.GOMAXPROCS(0)
+	configs := []config{
+		{fmt.Sprintf("%d sockets, no batching", cpus), cpus, 1},
+		{"1 socket, batches", 1, 0},
+		{fmt.Sprintf("%d sockets, batches", cpus), cpus, 0},
+	}
 	var report []string
 	report = append(report, fmt.Sprintf("dnsperf 2.10 against l4lb's DNS server in a namespace, 127.0.0.1, %d names, %d CPUs, %v per run",
 		names, runtime.NumCPU(), *dnsperfTime))
@@ -226,7 +233,7 @@ func TestDNSPerf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv.udpSockets = c.sockets
+		srv.udpSockets, srv.udpBatch = c.sockets, c.batch
 		srv.Publish(zone)
 		startServer(t, ns, srv)
 		addr := srv.Addrs()[0].String()
@@ -243,7 +250,7 @@ func TestDNSPerf(t *testing.T) {
 		// lines give the latency percentiles under that load (-v on the
 		// whole load would cost dnsperf more CPU than the server).
 		var stop func()
-		if *dnsperfProfile != "" && c.sockets > 1 {
+		if *dnsperfProfile != "" && i == len(configs)-1 {
 			f, err := os.Create(*dnsperfProfile)
 			if err != nil {
 				t.Fatal(err)

@@ -30,6 +30,7 @@ type Server struct {
 	handler    *Handler
 	listen     []netip.AddrPort
 	udpSockets int // UDP sockets per address
+	udpBatch   int // datagrams per system call, udpBatch when 0
 	cancel     context.CancelFunc
 
 	mu       sync.Mutex
@@ -201,7 +202,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	var forwards sync.WaitGroup // UDP queries being forwarded
 	for _, conn := range s.pcs {
-		u := &udpServer{conn: conn, h: s.handler, pktinfo: conn.LocalAddr().(*net.UDPAddr).IP.IsUnspecified(), inflight: &forwards}
+		u := &udpServer{conn: conn, h: s.handler, pktinfo: conn.LocalAddr().(*net.UDPAddr).IP.IsUnspecified(), inflight: &forwards, batch: s.udpBatch}
 		go func() {
 			err := u.serve()
 			if err != nil {
