@@ -60,7 +60,7 @@ func (cfg Config) parse() (parsedConfig, error) {
 	}
 	var errs []error
 	for _, s := range cfg.Listen {
-		ap, err := ParseAddrPort(s)
+		ap, err := parseAddrPort(s)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dns listen: %w", err))
 			continue
@@ -68,7 +68,7 @@ func (cfg Config) parse() (parsedConfig, error) {
 		c.listen = append(c.listen, ap)
 	}
 	for _, s := range cfg.Upstreams {
-		ap, err := ParseAddrPort(s)
+		ap, err := parseAddrPort(s)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dns upstream: %w", err))
 			continue
@@ -101,8 +101,8 @@ func loops(listen, upstream netip.AddrPort) bool {
 	return l.IsUnspecified() && (u.IsLoopback() || u.IsUnspecified())
 }
 
-// ParseAddrPort reads "IP:PORT", "[IPv6]:PORT" or a bare IP (port 53).
-func ParseAddrPort(s string) (netip.AddrPort, error) {
+// parseAddrPort reads "IP:PORT", "[IPv6]:PORT" or a bare IP (port 53).
+func parseAddrPort(s string) (netip.AddrPort, error) {
 	s = strings.TrimSpace(s)
 	if ap, err := netip.ParseAddrPort(s); err == nil {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil

@@ -43,9 +43,9 @@ type node struct {
 	rrA, rrAAAA []mdns.RR
 }
 
-// Fqdn returns the canonical form of a zone or host name: lower case with
+// fqdn returns the canonical form of a zone or host name: lower case with
 // the trailing dot.
-func Fqdn(name string) string {
+func fqdn(name string) string {
 	return mdns.Fqdn(strings.ToLower(name))
 }
 
@@ -55,7 +55,7 @@ func normOrigin(zone string) string {
 	if zone == "" || zone == "." {
 		zone = vip.DefaultDomain
 	}
-	return Fqdn(zone)
+	return fqdn(zone)
 }
 
 // inZone reports whether the canonical name is the origin or below it.
@@ -78,7 +78,7 @@ func Records(s vip.State, zone string) *Zone {
 		if v.Name == "" || !v.Addr.IsValid() {
 			continue
 		}
-		name := Fqdn(v.Name)
+		name := fqdn(v.Name)
 		if !inZone(name, origin) {
 			continue
 		}
@@ -223,7 +223,7 @@ func (z *Zone) Names() []string {
 // Lookup returns the IPv4 and IPv6 addresses of a name (any case, with or
 // without the trailing dot); ok is false when the name has no address.
 func (z *Zone) Lookup(name string) (v4, v6 []netip.Addr, ok bool) {
-	n := z.nodes[Fqdn(name)]
+	n := z.nodes[fqdn(name)]
 	if n == nil || len(n.a)+len(n.aaaa) == 0 {
 		return nil, nil, false
 	}
