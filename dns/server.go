@@ -25,7 +25,8 @@ const (
 // Server serves the Handler over UDP and TCP on every listen address. Each
 // address gets several UDP sockets bound with SO_REUSEPORT (one per CPU
 // that Go uses), so that the kernel spreads queries over them and every core
-// answers, and one TCP listener.
+// answers; each is read by one goroutine in batches (udp.go). Each address
+// also gets one TCP listener, served by miekg/dns.
 type Server struct {
 	handler    *Handler
 	listen     []netip.AddrPort
