@@ -1,0 +1,231 @@
+// Package dns is l4lb's name server for the VIP zone (DESIGN section 5): A
+// and AAAA records of named VIPs under l4lb.thisdcos.directory, SOA and NS
+// at the apex, NXDOMAIN and NODATA where due, over UDP and TCP with EDNS0;
+// other names are forwarded to upstream servers or refused.
+//
+// The pure part is Records, which turns the desired state into an immutable
+// Zone, and (*Zone).Intersect, which the sync loop uses to withdraw names
+// before their rules go. The Handler answers from the Zone it was last given
+// (an atomic pointer swap, CoreDNS style); the Server runs it on UDP and TCP
+// sockets.
+package dns
+
+import (
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"strings"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// TTL is the time to live, in seconds, of every record the server gives out,
+// and of negative answers (the SOA minimum): VIPs come and go with tasks,
+// so clients must not hold on to them.
+const TTL = 5
+
+// Zone is an immutable snapshot of the VIP zone: each named VIP's IPv4 and
+// IPv6 addresses. Build it with Records; it is safe for concurrent use.
+type Zone struct {
+	origin string           // apex, lower case, fully qualified: "l4lb.thisdcos.directory."
+	nodes  map[string]*node // lower-case FQDN -> node; empty non-terminals have a node without addresses
+	count  int              // A and AAAA records
+	serial uint32
+}
+
+// node holds the records of one name. The resource records are built once,
+// with the lower-case owner name, and shared by every answer that spells the
+// name that way; they are never modified after Records returns.
+type node struct {
+	a, aaaa     []netip.Addr // sorted, no duplicates
+	rrA, rrAAAA []mdns.RR
+}
+
+// fqdn returns the canonical form of a zone or host name: lower case with
+// the trailing dot.
+func fqdn(name string) string {
+	return mdns.Fqdn(strings.ToLower(name))
+}
+
+// normOrigin is the canonical apex of a zone name; empty means the default.
+func normOrigin(zone string) string {
+	zone = strings.TrimSpace(zone)
+	if zone == "" || zone == "." {
+		zone = vip.DefaultDomain
+	}
+	return fqdn(zone)
+}
+
+// inZone reports whether the canonical name is the origin or below it.
+func inZone(name, origin string) bool {
+	if len(name) == len(origin) {
+		return name == origin
+	}
+	return len(name) > len(origin) && strings.HasSuffix(name, origin) && name[len(name)-len(origin)-1] == '.'
+}
+
+// Records builds the zone of the named VIPs of s under zone (the default
+// l4lb.thisdcos.directory when empty). A name gets the address of each of
+// its VIPs, one IPv4 and one IPv6 at most in a consistent state, whatever its
+// ports and protocols. IP VIPs have no name and are skipped, and so are names
+// outside the zone or not valid domain names.
+func Records(s vip.State, zone string) *Zone {
+	origin := normOrigin(zone)
+	addrs := map[string][]netip.Addr{}
+	for _, v := range s.VIPs {
+		if v.Name == "" || !v.Addr.IsValid() {
+			continue
+		}
+		name := fqdn(v.Name)
+		if !inZone(name, origin) {
+			continue
+		}
+		if _, ok := mdns.IsDomainName(name); !ok {
+			continue
+		}
+		addrs[name] = append(addrs[name], v.Addr.Unmap())
+	}
+	return build(origin, addrs)
+}
+
+// build makes a zone from names (canonical, inside origin) and their
+// addresses in any order, with duplicates.
+func build(origin string, addrs map[string][]netip.Addr) *Zone {
+	z := &Zone{origin: origin, nodes: map[string]*node{origin: {}}}
+	for name, as := range addrs {
+		n := &node{}
+		as = slices.Clone(as)
+		slices.SortFunc(as, netip.Addr.Compare)
+		for _, a := range slices.Compact(as) {
+			if a.Is4() {
+				n.a = append(n.a, a)
+				n.rrA = append(n.rrA, newA(name, a))
+			} else {
+				n.aaaa = append(n.aaaa, a)
+				n.rrAAAA = append(n.rrAAAA, newAAAA(name, a))
+			}
+		}
+		if len(n.a)+len(n.aaaa) == 0 {
+			continue
+		}
+		// Answers share these slices: clipped, an append to them copies.
+		n.rrA, n.rrAAAA = slices.Clip(n.rrA), slices.Clip(n.rrAAAA)
+		z.count += len(n.a) + len(n.aaaa)
+		z.nodes[name] = n
+	}
+	// Every name between a VIP name and the apex exists, without records of
+	// its own (an empty non-terminal): NODATA there, not NXDOMAIN (RFC 8020).
+	for name := range addrs {
+		if z.nodes[name] == nil {
+			continue
+		}
+		for p := parent(name); p != "" && p != origin && inZone(p, origin); p = parent(p) {
+			if z.nodes[p] == nil {
+				z.nodes[p] = &node{}
+			}
+		}
+	}
+	z.serial = z.hash()
+	return z
+}
+
+// parent strips the first label of a canonical name; "" for the root.
+func parent(name string) string {
+	i, end := mdns.NextLabel(name, 0)
+	if end {
+		return ""
+	}
+	return name[i:]
+}
+
+// hash is the SOA serial: it changes whenever the content does. Nobody
+// transfers this zone, so it needs no order, only to tell versions apart.
+func (z *Zone) hash() uint32 {
+	h := fnv.New32a()
+	for _, name := range z.Names() {
+		h.Write([]byte(name))
+		n := z.nodes[name]
+		for _, a := range append(slices.Clone(n.a), n.aaaa...) {
+			b, _ := a.MarshalBinary()
+			h.Write(b)
+		}
+	}
+	return h.Sum32()
+}
+
+func newA(name string, a netip.Addr) *mdns.A {
+	return &mdns.A{
+		Hdr: mdns.RR_Header{Name: name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: TTL},
+		A:   a.AsSlice(),
+	}
+}
+
+func newAAAA(name string, a netip.Addr) *mdns.AAAA {
+	return &mdns.AAAA{
+		Hdr:  mdns.RR_Header{Name: name, Rrtype: mdns.TypeAAAA, Class: mdns.ClassINET, Ttl: TTL},
+		AAAA: a.AsSlice(),
+	}
+}
+
+// Intersect returns the zone that keeps only the names and addresses present
+// in both z and o, with z's origin. The sync loop publishes it before
+// removing rules, so that a name is withdrawn before its rules are, and
+// publishes the new zone once the new rules are in. A nil zone is empty.
+func (z *Zone) Intersect(o *Zone) *Zone {
+	if z == nil {
+		return Records(vip.State{}, "")
+	}
+	addrs := map[string][]netip.Addr{}
+	if o != nil {
+		for name, n := range z.nodes {
+			m := o.nodes[name]
+			if m == nil {
+				continue
+			}
+			for _, a := range append(slices.Clone(n.a), n.aaaa...) {
+				if slices.Contains(m.a, a) || slices.Contains(m.aaaa, a) {
+					addrs[name] = append(addrs[name], a)
+				}
+			}
+		}
+	}
+	return build(z.origin, addrs)
+}
+
+// Origin is the zone's apex, fully qualified and in lower case.
+func (z *Zone) Origin() string { return z.origin }
+
+// Len is the number of A and AAAA records.
+func (z *Zone) Len() int {
+	if z == nil {
+		return 0
+	}
+	return z.count
+}
+
+// Serial is the SOA serial of this version of the zone.
+func (z *Zone) Serial() uint32 { return z.serial }
+
+// Names returns the names that have addresses, sorted.
+func (z *Zone) Names() []string {
+	var out []string
+	for name, n := range z.nodes {
+		if len(n.a)+len(n.aaaa) > 0 {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Lookup returns the IPv4 and IPv6 addresses of a name (any case, with or
+// without the trailing dot); ok is false when the name has no address.
+func (z *Zone) Lookup(name string) (v4, v6 []netip.Addr, ok bool) {
+	n := z.nodes[fqdn(name)]
+	if n == nil || len(n.a)+len(n.aaaa) == 0 {
+		return nil, nil, false
+	}
+	return slices.Clone(n.a), slices.Clone(n.aaaa), true
+}
