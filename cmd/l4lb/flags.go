@@ -56,6 +56,7 @@ type modelFlags struct {
 	pool6    netip.Prefix
 	stateDir string
 	table    string
+	zone     string
 	marathon source.MarathonOptions
 }
 
@@ -66,6 +67,7 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
 	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
+	fs.StringVar(&m.zone, "dns-zone", vip.DefaultDomain, "DNS zone of named VIPs: NAME.marathon.ZONE")
 	fs.StringVar(&m.marathon.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
 	fs.StringVar(&m.marathon.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
 	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
@@ -103,6 +105,10 @@ func (m *modelFlags) check() error {
 	if m.pool6.Bits() < 64 {
 		return fmt.Errorf("%w: --vip-pool6 %s: pools larger than a /64 are not supported", errUsage, m.pool6)
 	}
+	if m.zone == "" || strings.ContainsAny(m.zone, " \t/:") || strings.HasPrefix(m.zone, ".") {
+		return fmt.Errorf("%w: --dns-zone %q is not a domain", errUsage, m.zone)
+	}
+	m.zone = strings.TrimSuffix(strings.ToLower(m.zone), ".")
 	if m.table == "" || strings.ContainsAny(m.table, " \t\"'") {
 		return fmt.Errorf("%w: --table %q is not a usable table name", errUsage, m.table)
 	}

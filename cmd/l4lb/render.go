@@ -37,7 +37,7 @@ func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "warning: %v; addresses are computed afresh\n", err)
 	}
 	state, problems := vip.Desired(snap.Apps, vip.Config{
-		Pool4: m.pool4, Pool6: m.pool6, Previous: prev, Resolver: &vip.CachingResolver{},
+		Pool4: m.pool4, Pool6: m.pool6, Domain: m.zone, Previous: prev, Resolver: &vip.CachingResolver{},
 	})
 	for _, p := range append(snap.Problems, problems...) {
 		fmt.Fprintf(stderr, "problem: %v\n", p)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/l4lb/l4lb/conntrack"
+	"github.com/l4lb/l4lb/dns"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/api"
@@ -120,13 +121,29 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	// DNS binds before anything else, so that a taken port fails the start.
+	var dnsSrv *dns.Server
+	var publisher reconcile.Publisher
+	if len(f.dnsListen) > 0 {
+		dnsSrv, err = dns.New(dns.Config{Listen: f.dnsListen, Upstreams: f.dnsUpstreams, Zone: f.zone, Registerer: reg})
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		if err := dnsSrv.Listen(); err != nil {
+			return fmt.Errorf("dns listen (port 53 needs root or CAP_NET_BIND_SERVICE): %w", err)
+		}
+		publisher = dnsSrv
+	}
+
 	rec := reconcile.New(reconcile.Config{
 		Sources:   sources,
 		NAT:       k,
 		Forward:   forward.New(),
 		Conntrack: conntrack.NewCleaner(ct, f.flushUnhealthy, ctMetrics),
 		Metrics:   reconcile.NewMetrics(reg),
-		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
+		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Domain: f.zone, Resolver: &vip.CachingResolver{}},
+		DNS:       publisher,
+		DNSZone:   f.zone,
 		Table:     f.table,
 		StateDir:  f.stateDir,
 		Logger:    log,
@@ -140,11 +157,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv := &http.Server{Handler: api.Handler(rec.Status, metrics), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
-		"vipPool6", f.pool6.String(), "api", ln.Addr().String(), "resync", f.resync.String())
+		"vipPool6", f.pool6.String(), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
+		"dnsUpstreams", f.dnsUpstreams.String(), "zone", f.zone, "resync", f.resync.String())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	if dnsSrv != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := dnsSrv.Run(ctx); err != nil {
+				errc <- fmt.Errorf("dns: %w", err)
+			}
+		}()
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()

@@ -211,7 +211,7 @@ func TestRunOnFile(t *testing.T) {
 	apps := filepath.Join(dir, "apps.json")
 	writeApps(t, apps, topo.Backends, port, true)
 	args := []string{"--source", "file:" + apps, "--vip-pool", "198.18.0.0/16", "--vip-pool6", "fd00:198:18::/64",
-		"--state-dir", filepath.Join(dir, "state"), "--dns-listen", ""}
+		"--state-dir", filepath.Join(dir, "state"), "--dns-listen", "127.0.0.1:5353"}
 	d := startDaemon(t, agent, args...)
 	d.waitHealthy(t)
 
@@ -220,6 +220,11 @@ func TestRunOnFile(t *testing.T) {
 		t.Fatalf("/v1/vips = %+v", vips)
 	}
 	addr := netip.AddrPortFrom(netip.MustParseAddr(vips[0].IP), 80)
+	// The name resolves through l4lb's DNS (dig is the witness).
+	if out, err := agent.Run("dig", "+short", "@127.0.0.1", "-p", "5353", "web.marathon.l4lb.thisdcos.directory", "A"); err != nil ||
+		strings.TrimSpace(out) != vips[0].IP {
+		t.Errorf("dig web.marathon.l4lb.thisdcos.directory: %q %v, want %s", out, err, vips[0].IP)
+	}
 	var metrics []byte
 	waitFor(t, 2*time.Second, "the first sync's duration in /metrics", func() bool {
 		_, metrics, _ = d.get("/metrics")

@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -111,9 +110,20 @@ func run(ctx context.Context, bin, appsFile string) error {
 	step("The DC/OS documentation's example app, with three running tasks (%s)", appsFile)
 	fmt.Print(string(apps))
 
+	// Processes in the agent namespace resolve through l4lb's DNS
+	// (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf).
+	etc := filepath.Join("/etc/netns", agent.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(etc)
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
+		return err
+	}
+
 	step("Starting l4lb in the agent namespace")
 	args := []string{"run", "--source", "file:" + appsPath, "--vip-pool", "198.18.0.0/16", "--vip-pool6", "fd00:198:18::/64",
-		"--state-dir", filepath.Join(dir, "state"), "--dns-listen", ""}
+		"--state-dir", filepath.Join(dir, "state"), "--dns-listen", "127.0.0.1:53"}
 	fmt.Printf("$ l4lb %s\n", strings.Join(args, " "))
 	daemon := agent.Cmd(ctx, abs, args...)
 	logPath := filepath.Join(dir, "l4lb.log")
@@ -141,19 +151,12 @@ func run(ctx context.Context, bin, appsFile string) error {
 		return err
 	}
 
-	out, err := agent.Run(abs, "vips", "--json")
-	if err != nil {
+	step("The name resolves through l4lb's DNS")
+	if _, err := show(agent.NS, "dig", "+noall", "+answer", vipName); err != nil {
 		return err
 	}
-	var vips []struct {
-		IP   string `json:"ip"`
-		Port int    `json:"port"`
-	}
-	if err := json.Unmarshal([]byte(out), &vips); err != nil || len(vips) == 0 {
-		return fmt.Errorf("l4lb vips --json: %v %q", err, out)
-	}
-	curl := []string{"-sS", "--max-time", "2", "--resolve", fmt.Sprintf("%s:6666:%s", vipName, vips[0].IP), "http://" + vipName + ":6666/"}
-	step("curl to the VIP by name, as the DC/OS documentation checks a VIP")
+	curl := []string{"-sS", "--max-time", "2", "http://" + vipName + ":6666/"}
+	step("curl by name, as the DC/OS documentation checks a VIP")
 	for range 6 {
 		if _, err := show(agent.NS, "curl", curl...); err != nil {
 			return err

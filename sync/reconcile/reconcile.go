@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/conntrack"
+	"github.com/l4lb/l4lb/dns"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/runner"
@@ -28,6 +29,11 @@ type Config struct {
 	Sources []source.Source
 	NAT     nat.Interface
 	Forward forward.Interface // nil: iptables is left alone
+	// DNS answers for the names of the VIPs; nil: no DNS. A name is
+	// published only once its rules are in the kernel, and withdrawn before
+	// they are removed.
+	DNS     Publisher
+	DNSZone string // the zone of the names, vip.DefaultDomain when empty
 	// Conntrack deletes the flows of backends that stopped serving; nil
 	// leaves conntrack alone.
 	Conntrack *conntrack.Cleaner
@@ -41,6 +47,11 @@ type Config struct {
 	StateDir           string // where allocations persist; empty keeps them in memory
 	Logger             *slog.Logger
 	Now                func() time.Time // time.Now when nil
+}
+
+// Publisher is what the DNS server offers the loop.
+type Publisher interface {
+	Publish(z *dns.Zone)
 }
 
 // Status is the outcome of the last sync, for the API and health checks.
@@ -68,6 +79,7 @@ type Reconciler struct {
 	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
 	unchecked string    // last report of iptables backends that cannot be inspected
 	ctFullAt  time.Time // when the last full conntrack pass ran
+	published *dns.Zone // what DNS answers from; nil before the first publish
 	status    atomic.Pointer[Status]
 }
 
@@ -163,6 +175,14 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 
 	rs := nat.Compile(state, r.cfg.Table)
 	fp := rs.Fingerprint()
+	var zone *dns.Zone
+	if r.cfg.DNS != nil {
+		// Withdraw the names that are going before their rules go.
+		zone = dns.Records(state, r.cfg.DNSZone)
+		if r.published != nil {
+			r.publish(r.published.Intersect(zone))
+		}
+	}
 	res, err := r.cfg.NAT.Apply(ctx, rs, full)
 	if err != nil {
 		r.applied = 0
@@ -194,14 +214,24 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"readBack", res.ReadBack, "rebuilt", res.Rebuilt, "batches", res.Batches, "elements", res.Elements,
 			"chains", res.Chains, "routes", res.Routes)
 	}
-	if err := r.cleanConntrack(ctx, state, full); err != nil {
+	ctErr := r.cleanConntrack(ctx, state, full)
+	if zone != nil {
+		// The rules are in: the new names may be answered.
+		r.publish(zone)
+	}
+	if ctErr != nil {
 		// The rules are right; the retry (a full sync) runs a full pass.
 		m.syncFailures.WithLabelValues("conntrack").Inc()
-		st.LastError = err.Error()
+		st.LastError = ctErr.Error()
 		r.status.Store(&st)
-		return err
+		return ctErr
 	}
 	return srcErr
+}
+
+func (r *Reconciler) publish(z *dns.Zone) {
+	r.cfg.DNS.Publish(z)
+	r.published = z
 }
 
 // cleanConntrack deletes the conntrack entries of backends that the change

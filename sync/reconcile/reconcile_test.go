@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/l4lb/l4lb/conntrack"
+	"github.com/l4lb/l4lb/dns"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/source"
@@ -223,5 +224,89 @@ func TestConntrackFollowsTheSync(t *testing.T) {
 	}
 	if f2, _ := ct.Lists(); f2 != full+1 {
 		t.Errorf("the retry after a failed pass did not list everything (%d -> %d full listings)", full, f2)
+	}
+}
+
+// orderNAT checks, at every Apply, what DNS answers: names whose VIPs the
+// ruleset removes must already be withdrawn, names it adds not yet
+// published.
+type orderNAT struct {
+	*nat.Fake
+	dns *recordingDNS
+	t   *testing.T
+}
+
+func (o *orderNAT) Apply(ctx context.Context, r *nat.Ruleset, full bool) (nat.Result, error) {
+	o.t.Helper()
+	want := map[netip.Addr]bool{}
+	for _, v := range r.VIPs {
+		want[v.Key.Addr] = true
+	}
+	if z := o.dns.last(); z != nil {
+		for _, name := range z.Names() {
+			v4, v6, _ := z.Lookup(name)
+			for _, a := range append(v4, v6...) {
+				if !want[a] {
+					o.t.Errorf("while applying, DNS still answers %s with %s, whose rules are being removed", name, a)
+				}
+			}
+		}
+	}
+	if cur := o.Fake.Current(); cur != nil {
+		have := map[netip.Addr]bool{}
+		for _, v := range cur.VIPs {
+			have[v.Key.Addr] = true
+		}
+		if z := o.dns.last(); z != nil {
+			for _, name := range z.Names() {
+				v4, v6, _ := z.Lookup(name)
+				for _, a := range append(v4, v6...) {
+					if !have[a] {
+						o.t.Errorf("DNS answers %s with %s before its rules are in", name, a)
+					}
+				}
+			}
+		}
+	}
+	return o.Fake.Apply(ctx, r, full)
+}
+
+type recordingDNS struct {
+	mu    sync.Mutex
+	zones []*dns.Zone
+}
+
+func (d *recordingDNS) Publish(z *dns.Zone) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.zones = append(d.zones, z)
+}
+
+func (d *recordingDNS) last() *dns.Zone {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.zones) == 0 {
+		return nil
+	}
+	return d.zones[len(d.zones)-1]
+}
+
+func TestDNSPublishOrder(t *testing.T) {
+	app := func(name string) string {
+		return `{"id": "/` + name + `", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "` + name + `:80"}}]}`
+	}
+	src := &fakeSource{}
+	rec := &recordingDNS{}
+	r := New(Config{Sources: []source.Source{src}, NAT: &orderNAT{Fake: nat.NewFake(), dns: rec, t: t}, DNS: rec,
+		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	for _, apps := range []string{"[" + app("a") + "]", "[" + app("a") + "," + app("b") + "]", "[" + app("b") + "]", "[]"} {
+		src.set(apps, nil)
+		if err := r.Sync(context.Background(), false); err != nil {
+			t.Fatal(err)
+		}
+		z := rec.last()
+		if z == nil || z.Len() != len(r.Status().State.VIPs) {
+			t.Errorf("after syncing %s: DNS has %v, want every VIP's name", apps, z)
+		}
 	}
 }
