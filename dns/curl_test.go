@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,17 +17,23 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// loadDataPlane stands in for the nat package's kernel adapter until it
-// lands: it loads the ruleset of state into the namespace with nft and
-// routes the test VIP pool through lo, as `l4lb run` will. Swap it for the
-// adapter when it exists.
+// loadDataPlane programs the ruleset of state into the namespace with the
+// nat package's kernel adapter, routes of the VIP pools via lo included, as
+// `l4lb run` does.
 func loadDataPlane(t *testing.T, ns *netns.NS, state vip.State) {
 	t.Helper()
-	if out, err := ns.RunStdin([]byte(nat.Compile(state, "").Text()), "nft", "-f", "-"); err != nil {
-		t.Fatalf("load ruleset: %v %s", err, out)
+	f, err := ns.Open()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := ns.Run("ip", "route", "add", testPool4.String(), "dev", "lo"); err != nil {
-		t.Fatalf("route the VIP pool: %v", err)
+	defer f.Close()
+	k, err := nat.New(nat.DefaultTable, nat.WithNetNS(int(f.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	if _, err := k.Apply(context.Background(), nat.Compile(state, ""), false); err != nil {
+		t.Fatalf("program the ruleset: %v", err)
 	}
 }
 
