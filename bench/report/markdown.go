@@ -1,0 +1,173 @@
+package report
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Plot file names, next to latest.json.
+const (
+	PlotConnRate    = "conn-rate.png"
+	PlotProgramming = "programming-time.png"
+)
+
+func f(n Num, prec int) string {
+	if !n.Valid() {
+		return "–"
+	}
+	return strconv.FormatFloat(float64(n), 'f', prec, 64)
+}
+
+func thousands(n Num) string {
+	if !n.Valid() {
+		return "–"
+	}
+	s := strconv.FormatInt(int64(float64(n)+0.5), 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func size(n int) string { return thousands(Num(n)) }
+
+// note joins the reasons a figure is missing.
+func note(parts ...string) string {
+	var out []string
+	for _, p := range parts {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, strings.ReplaceAll(p, "|", "/"))
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// Markdown writes the results as tables for people. plotDir is the path
+// of the plots relative to where the Markdown is shown ("" for none).
+func (r *Results) Markdown(w io.Writer, plotDir string) error {
+	ew := &errWriter{w: w}
+	m := r.Meta
+	ew.printf("Run of %s (%s mode), l4lb %s%s, kernel %s, %d CPUs, %s; l4lb rules via %s; "+
+		"client in the %s namespace, %d workers, medians of %d runs of %gs alternating VIP and direct.\n\n",
+		m.Date, m.Mode, shortCommit(m.Commit), dirty(m.Dirty), m.Kernel, m.CPUs, m.NFT, m.L4LBDataPath,
+		m.Client, m.Workers, m.Runs, m.RunSeconds)
+
+	ew.printf("| target | measured | goal | met |\n|---|---|---|---|\n")
+	for _, t := range r.Targets {
+		met := "not measured"
+		if t.Met != nil {
+			met = map[bool]string{true: "yes", false: "**no**"}[*t.Met]
+		}
+		name := t.Name
+		if t.Detail != "" {
+			name += " (" + t.Detail + ")"
+		}
+		ew.printf("| %s | %s | %s | %s |\n", name, f(t.Value, 3), t.Goal, met)
+	}
+
+	if len(r.Throughput) > 0 {
+		ew.printf("\n**Throughput** (iperf3, %gs per run, one backend):\n\n", m.IperfSeconds)
+		ew.printf("| streams | VIP Gbit/s | direct Gbit/s | VIP/direct | note |\n|---|---|---|---|---|\n")
+		for _, t := range r.Throughput {
+			ew.printf("| %d | %s | %s | %s | %s |\n", t.Streams, f(t.VIP.Median, 2), f(t.Direct.Median, 2), f(t.Ratio, 3), note(t.Error))
+		}
+	}
+
+	if c := r.ConnRate; c != nil {
+		ew.printf("\n**New connections** (connect, read one byte, close; 10 backends):\n\n")
+		ew.printf("| path | conns/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|\n")
+		ew.printf("| VIP | %s | %s | %s | %d |\n", thousands(c.VIP.Rate.Median), f(c.VIP.P50us.Median, 0), f(c.VIP.P99us.Median, 0), c.VIP.Errors)
+		ew.printf("| direct | %s | %s | %s | %d |\n", thousands(c.Direct.Rate.Median), f(c.Direct.P50us.Median, 0), f(c.Direct.P99us.Median, 0), c.Direct.Errors)
+		ew.printf("| VIP/direct | %s | | | %s |\n", f(c.Ratio, 3), note(c.Error))
+	}
+
+	if len(r.Scale) > 0 {
+		ew.printf("\n**Data-path scale**: new connections through one VIP with N VIPs of 10 backends installed " +
+			"(ratio = VIP/direct at that size; vs 1 = that ratio over the same layout's ratio with 1 VIP):\n\n")
+		ew.printf("| layout | VIPs | load s | VIP conns/s | direct conns/s | ratio | vs 1 | VIP p99 µs | note |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Scale {
+			ew.printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Layout, size(p.VIPs), f(p.LoadSeconds, 2),
+				thousands(p.VIP.Rate.Median), thousands(p.Direct.Rate.Median), f(p.Ratio, 3), f(p.VsOne, 3),
+				f(p.VIP.P99us.Median, 0), note(p.Skipped, p.Error))
+		}
+	}
+
+	if len(r.Control) > 0 {
+		ew.printf("\n**Control plane**: cold programming of N VIPs x 10 backends, then one backend added " +
+			"(change = from the write to the first new connection reaching the new backend):\n\n")
+		ew.printf("| impl | VIPs | cold s | change s | RSS MiB | note |\n|---|---|---|---|---|---|\n")
+		for _, c := range r.Control {
+			rss := "–"
+			if c.RSSBytes > 0 {
+				rss = strconv.FormatFloat(float64(c.RSSBytes)/(1<<20), 'f', 1, 64)
+			}
+			ew.printf("| %s | %s | %s | %s | %s | %s |\n", c.Impl, size(c.VIPs), f(c.ColdSeconds, 2), f(c.ChangeSeconds, 3), rss, note(c.Skipped, c.Error))
+		}
+	}
+
+	if c := r.Convergence; c != nil {
+		ew.printf("\n**Convergence** after a backend's health check fails in the source:\n\n")
+		ew.printf("| impl | last new conn to it ms | its conntrack entries gone ms | held conns on it | note |\n|---|---|---|---|---|\n")
+		ew.printf("| %s | %s | %s | %d | %s |\n", c.Impl, f(c.LastConnMs, 0), f(c.ConntrackMs, 0), c.HeldOnFailed, note(c.Skipped, c.Error))
+	}
+
+	if plotDir != "" {
+		ew.printf("\n![connection rate against the number of VIPs](%s)\n", joinPath(plotDir, PlotConnRate))
+		ew.printf("![programming time against the number of VIPs](%s)\n", joinPath(plotDir, PlotProgramming))
+	}
+	return ew.err
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" || dir == "." {
+		return name
+	}
+	return strings.TrimSuffix(dir, "/") + "/" + name
+}
+
+func shortCommit(c string) string {
+	if len(c) > 12 {
+		return c[:12]
+	}
+	if c == "" {
+		return "(unknown commit)"
+	}
+	return c
+}
+
+func dirty(d bool) string {
+	if d {
+		return " (with uncommitted changes)"
+	}
+	return ""
+}
+
+// Layouts returns the layouts of the scale points, in first-seen order.
+func (r *Results) Layouts() []string {
+	var out []string
+	for _, p := range r.Scale {
+		if !slices.Contains(out, p.Layout) {
+			out = append(out, p.Layout)
+		}
+	}
+	return out
+}
+
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) printf(format string, args ...any) {
+	if e.err != nil {
+		return
+	}
+	_, e.err = fmt.Fprintf(e.w, format, args...)
+}
