@@ -187,7 +187,7 @@ func RunClient(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = time.Second
 	}
-	res := ClientResult{ByMark: map[string]int{}, LastNanos: map[string]int64{}, FirstNanos: map[string]int64{}}
+	var heldBy map[string]int
 	var held []net.Conn
 	defer func() {
 		for _, c := range held {
@@ -195,14 +195,14 @@ func RunClient(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
 		}
 	}()
 	if cfg.Hold > 0 {
-		res.Held = map[string]int{}
+		heldBy = map[string]int{}
 		for i := range cfg.Hold {
 			c, mark, err := dialOne(ctx, cfg.Targets[i%len(cfg.Targets)], cfg.Timeout)
 			if err != nil {
-				return res, fmt.Errorf("hold connection %d: %w", i, err)
+				return ClientResult{}, fmt.Errorf("hold connection %d: %w", i, err)
 			}
 			held = append(held, c)
-			res.Held[string(mark)]++
+			heldBy[string(mark)]++
 		}
 	}
 	if cfg.OnHeld != nil {
@@ -210,16 +210,25 @@ func RunClient(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	slice := runSlice(runCtx, stop, cfg, cfg.Targets, cfg.Duration)
+	slice.Held = heldBy
+	return slice, ctx.Err()
+}
+
+// runSlice runs the workers against targets for d (or until stop is
+// called) and merges what they measured.
+func runSlice(ctx context.Context, stop func(), cfg ClientConfig, targets []netip.AddrPort, d time.Duration) ClientResult {
+	res := ClientResult{ByMark: map[string]int{}, LastNanos: map[string]int64{}, FirstNanos: map[string]int64{}}
 	start := time.Now()
 	res.StartNs = start.UnixNano()
-	deadline := start.Add(cfg.Duration)
+	deadline := start.Add(d)
 	results := make([]workerResult, cfg.Workers)
 	var wg sync.WaitGroup
 	for w := range cfg.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[w] = worker(runCtx, stop, cfg, w, deadline)
+			results[w] = worker(ctx, stop, cfg, targets, w, deadline)
 		}()
 	}
 	wg.Wait()
@@ -248,15 +257,69 @@ func RunClient(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
 	slices.Sort(lat)
 	res.Conns = len(lat)
 	res.Rate = float64(res.Conns) / res.Elapsed
-	res.P50us = stats.Percentile(lat, 50)
-	res.P99us = stats.Percentile(lat, 99)
-	if res.Conns == 0 {
-		res.P50us, res.P99us = 0, 0
+	if res.Conns > 0 {
+		res.P50us = stats.Percentile(lat, 50)
+		res.P99us = stats.Percentile(lat, 99)
+	}
+	return res
+}
+
+// ABConfig alternates two target sets in slices: pair i runs A then B when
+// i is even and B then A when it is odd, so that both sample the same
+// background load of a shared machine.
+type ABConfig struct {
+	A, B    []netip.AddrPort
+	Workers int
+	Timeout time.Duration
+	Pairs   int
+	Slice   time.Duration
+}
+
+// ABResult holds one result per pair for each side: A[i] and B[i] ran
+// back to back.
+type ABResult struct {
+	A []ClientResult `json:"a"`
+	B []ClientResult `json:"b"`
+}
+
+// RunAB runs the pairs of slices.
+func RunAB(ctx context.Context, cfg ABConfig) (ABResult, error) {
+	if len(cfg.A) == 0 || len(cfg.B) == 0 || cfg.Workers < 1 || cfg.Pairs < 1 || cfg.Slice <= 0 {
+		return ABResult{}, errors.New("ab client: need both target sets, workers >= 1, pairs >= 1 and a slice length")
+	}
+	cc := ClientConfig{Workers: cfg.Workers, Timeout: cfg.Timeout}
+	if cc.Timeout <= 0 {
+		cc.Timeout = time.Second
+	}
+	var res ABResult
+	for i := range cfg.Pairs {
+		order := []bool{true, false}
+		if i%2 == 1 {
+			order = []bool{false, true}
+		}
+		var a, b ClientResult
+		for _, isA := range order {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			targets := cfg.B
+			if isA {
+				targets = cfg.A
+			}
+			r := runSlice(ctx, func() {}, cc, targets, cfg.Slice)
+			if isA {
+				a = r
+			} else {
+				b = r
+			}
+		}
+		res.A = append(res.A, a)
+		res.B = append(res.B, b)
 	}
 	return res, ctx.Err()
 }
 
-func worker(ctx context.Context, stop func(), cfg ClientConfig, w int, deadline time.Time) workerResult {
+func worker(ctx context.Context, stop func(), cfg ClientConfig, targets []netip.AddrPort, w int, deadline time.Time) workerResult {
 	r := workerResult{byMark: map[byte]int{}, last: map[byte]int64{}, first: map[byte]int64{}}
 	i := w
 	for ctx.Err() == nil {
@@ -264,7 +327,7 @@ func worker(ctx context.Context, stop func(), cfg ClientConfig, w int, deadline 
 		if !now.Before(deadline) {
 			break
 		}
-		target := cfg.Targets[i%len(cfg.Targets)]
+		target := targets[i%len(targets)]
 		i++
 		c, mark, err := dialOne(ctx, target, cfg.Timeout)
 		if err != nil {

@@ -125,3 +125,23 @@ func TestParseIperf(t *testing.T) {
 		t.Error("no throughput accepted")
 	}
 }
+
+func TestRunAB(t *testing.T) {
+	addrs := serveLoopback(t, 'A', 'B')
+	res, err := RunAB(context.Background(), ABConfig{A: addrs[:1], B: addrs[1:], Workers: 2, Pairs: 3, Slice: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.A) != 3 || len(res.B) != 3 {
+		t.Fatalf("%d A and %d B slices, want 3 each", len(res.A), len(res.B))
+	}
+	for i := range 3 {
+		if res.A[i].ByMark["A"] == 0 || res.A[i].ByMark["B"] != 0 || res.B[i].ByMark["B"] == 0 || res.B[i].ByMark["A"] != 0 {
+			t.Errorf("pair %d: A slice %v, B slice %v", i, res.A[i].ByMark, res.B[i].ByMark)
+		}
+	}
+	// Pair 0 runs A first, pair 1 runs B first.
+	if !(res.A[0].StartNs < res.B[0].StartNs && res.B[1].StartNs < res.A[1].StartNs) {
+		t.Errorf("slices not in ABBA order: %d %d / %d %d", res.A[0].StartNs, res.B[0].StartNs, res.A[1].StartNs, res.B[1].StartNs)
+	}
+}

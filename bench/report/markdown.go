@@ -54,10 +54,12 @@ func note(parts ...string) string {
 func (r *Results) Markdown(w io.Writer, plotDir string) error {
 	ew := &errWriter{w: w}
 	m := r.Meta
-	ew.printf("Run of %s (%s mode), l4lb %s%s, kernel %s, %d CPUs, %s; l4lb rules via %s; "+
-		"client in the %s namespace, %d workers, medians of %d runs of %gs alternating VIP and direct.\n\n",
-		m.Date, m.Mode, shortCommit(m.Commit), dirty(m.Dirty), m.Kernel, m.CPUs, m.NFT, m.L4LBDataPath,
-		m.Client, m.Workers, m.Runs, m.RunSeconds)
+	ew.printf("Run of %s (%s mode), l4lb %s%s, kernel %s, %d CPUs, %s, %s; l4lb rules via %s. "+
+		"Clients run in the %s namespace. Connection figures: %d workers, VIP and direct alternate in slices "+
+		"within one client (%d pairs of %gs for new connections, %d pairs of %gs at each scale point); "+
+		"iperf3: %d runs of %gs each way, alternating. Figures are medians; ratio = median of the VIP/direct ratios of back-to-back pairs.\n\n",
+		m.Date, m.Mode, shortCommit(m.Commit), dirty(m.Dirty), m.Kernel, m.CPUs, m.NFT, m.IPTables, m.L4LBDataPath,
+		m.Client, m.Workers, m.ConnPairs, m.ConnSlice, m.ScalePairs, m.ScaleSlice, m.Runs, m.IperfSeconds)
 
 	ew.printf("| target | measured | goal | met |\n|---|---|---|---|\n")
 	for _, t := range r.Targets {

@@ -13,7 +13,7 @@ import (
 
 func sample() *Results {
 	r := &Results{Meta: Meta{Date: "2025-01-01 00:00 UTC", Mode: "quick", Kernel: "6.1", CPUs: 2, Commit: "0123456789abcdef",
-		NFT: "nftables v1.0.6", L4LBDataPath: "nft -f", Client: "container", Workers: 4, Runs: 3, RunSeconds: 0.5, IperfSeconds: 1}}
+		NFT: "nftables v1.0.6", L4LBDataPath: "nft -f", Client: "container", Workers: 4, Runs: 3, ConnPairs: 10, ConnSlice: 0.25, ScalePairs: 8, ScaleSlice: 0.2, IperfSeconds: 1}}
 	r.Throughput = []Throughput{{Streams: 1, VIP: NewSeries([]float64{10, 11, 12}), Direct: NewSeries([]float64{10, 10, 12})}}
 	r.Throughput[0].Ratios = PairRatios([]float64{10, 11, 12}, []float64{10, 10, 12})
 	r.Throughput[0].Ratio = r.Throughput[0].Ratios.Median

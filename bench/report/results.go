@@ -95,9 +95,13 @@ type Meta struct {
 	Iperf3          string            `json:"iperf3"`
 	L4LBDataPath    string            `json:"l4lb_data_path"` // how l4lb's rules were programmed for items 1-3
 	Client          string            `json:"client"`         // where the client runs: container or agent
+	Nice            int               `json:"nice"`
 	Workers         int               `json:"workers"`
-	Runs            int               `json:"runs"`
-	RunSeconds      float64           `json:"run_seconds"`
+	Runs            int               `json:"iperf_runs"`
+	ConnPairs       int               `json:"conn_pairs"`
+	ConnSlice       float64           `json:"conn_slice_seconds"`
+	ScalePairs      int               `json:"scale_pairs"`
+	ScaleSlice      float64           `json:"scale_slice_seconds"`
 	IperfSeconds    float64           `json:"iperf_seconds"`
 	LoadBudget      float64           `json:"load_budget_seconds"`
 	TotalSeconds    float64           `json:"total_seconds"`
