@@ -56,7 +56,7 @@ fuzz:
 
 ## demo: the main job on the embedded example, in namespaces it removes
 demo: deps build
-	./scripts/demo.sh
+	$(GO) run ./scripts/demo
 
 clean:
 	rm -rf bin

@@ -15,7 +15,7 @@
 package nat
 
 import (
-	"cmp"
+	"hash/maphash"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -51,21 +51,45 @@ const MaxComment = 128
 // Ruleset is the compiled form of the desired state: plain data that the
 // text form and the kernel adapter both render.
 type Ruleset struct {
-	Table    string
-	Pool4    netip.Prefix
-	Pool6    netip.Prefix
-	VIPs     []VIPElem     // elements of vips4 and vips6, sorted by key
-	Backends []BackendElem // elements of be4 and be6, sorted by VIP and slot
-	IPVIPs   []netip.Addr  // addresses of IP VIPs: other ports on them are refused
-	Hairpin  []netip.Addr  // addresses of active backends, masqueraded when they reach themselves
+	Table   string
+	Pool4   netip.Prefix
+	Pool6   netip.Prefix
+	VIPs    []VIPElem    // elements of vips4 and vips6 with their backends, sorted by key
+	IPVIPs  []netip.Addr // addresses of IP VIPs: other ports on them are refused
+	Hairpin []netip.Addr // addresses of active backends, masqueraded when they reach themselves
 }
 
-// VIPElem is one VIP's element in the VIP map: it jumps to lbN, or to
-// refuse when the VIP has no active backend.
+// VIPElem is one VIP: its element in the VIP map, which jumps to lbN (or to
+// refuse when it has no active backend), and its N active backends, which
+// fill slots 0..N-1 of the backend map.
 type VIPElem struct {
 	Key      vip.Key
-	Backends int // active backends, the N of lbN
 	Comment  string
+	Backends []netip.AddrPort // slot i holds Backends[i]
+	sum      uint64           // fingerprint of Comment and Backends, set by Sort
+}
+
+// Verdict is the chain the element jumps to.
+func (e VIPElem) Verdict() string { return verdictFor(len(e.Backends)) }
+
+func verdictFor(n int) string {
+	if n == 0 {
+		return chainRefuse
+	}
+	return lbChain(n)
+}
+
+// verdictCount is the inverse of verdictFor: the backend count a chain name
+// stands for, or -1 for anything that is not refuse or lbN.
+func verdictCount(chain string) int {
+	if chain == chainRefuse {
+		return 0
+	}
+	if n, err := strconv.Atoi(strings.TrimPrefix(chain, chainLBPrefix)); err == nil && n > 0 &&
+		strings.HasPrefix(chain, chainLBPrefix) && lbChain(n) == chain {
+		return n
+	}
+	return -1
 }
 
 // BackendElem is one active backend of a VIP in a slot of the backend map.
@@ -75,12 +99,15 @@ type BackendElem struct {
 	Backend netip.AddrPort
 }
 
-// Verdict is the chain the element jumps to.
-func (e VIPElem) Verdict() string {
-	if e.Backends == 0 {
-		return chainRefuse
+// Backends lists the elements of the backend maps, by VIP and slot.
+func (r *Ruleset) Backends() []BackendElem {
+	var out []BackendElem
+	for _, v := range r.VIPs {
+		for i, b := range v.Backends {
+			out = append(out, BackendElem{VIP: v.Key, Slot: i, Backend: b})
+		}
 	}
-	return lbChain(e.Backends)
+	return out
 }
 
 func lbChain(n int) string { return chainLBPrefix + strconv.Itoa(n) }
@@ -95,28 +122,74 @@ func Compile(s vip.State, table string) *Ruleset {
 	ipvips := map[netip.Addr]bool{}
 	hairpin := map[netip.Addr]bool{}
 	for _, v := range s.VIPs {
-		active := v.Active()
-		r.VIPs = append(r.VIPs, VIPElem{Key: v.Key(), Backends: len(active), Comment: Comment(v)})
-		for i, b := range active {
-			r.Backends = append(r.Backends, BackendElem{VIP: v.Key(), Slot: i, Backend: b.AddrPort()})
+		e := VIPElem{Key: v.Key(), Comment: Comment(v)}
+		for _, b := range v.Active() {
+			e.Backends = append(e.Backends, b.AddrPort())
 			hairpin[b.Addr] = true
 		}
+		r.VIPs = append(r.VIPs, e)
 		if v.Name == "" {
 			ipvips[v.Addr] = true
 		}
 	}
-	r.Sort()
 	r.IPVIPs = sortedAddrs(ipvips)
 	r.Hairpin = sortedAddrs(hairpin)
+	r.Sort()
 	return r
 }
 
-// Sort puts the elements in canonical order.
+// Sort puts the VIPs and addresses in canonical order and fingerprints each
+// VIP, so that the kernel adapter compares a VIP with what it programmed in
+// one word. Compile's output is sorted; a Ruleset built by hand must be
+// sorted before use and not changed afterwards.
 func (r *Ruleset) Sort() {
 	slices.SortFunc(r.VIPs, func(a, b VIPElem) int { return a.Key.Compare(b.Key) })
-	slices.SortFunc(r.Backends, func(a, b BackendElem) int {
-		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Slot, b.Slot))
-	})
+	slices.SortFunc(r.IPVIPs, netip.Addr.Compare)
+	slices.SortFunc(r.Hairpin, netip.Addr.Compare)
+	var h maphash.Hash
+	h.SetSeed(sumSeed)
+	for i := range r.VIPs {
+		r.VIPs[i].sum = r.VIPs[i].fingerprint(&h)
+	}
+}
+
+var sumSeed = maphash.MakeSeed()
+
+// Fingerprint summarizes the whole ruleset (after Sort): two rulesets with
+// the same fingerprint program the same table. Within one process only.
+func (r *Ruleset) Fingerprint() uint64 {
+	var h maphash.Hash
+	h.SetSeed(sumSeed)
+	h.WriteString(r.Table)
+	h.WriteString(r.Pool4.String())
+	h.WriteString(r.Pool6.String())
+	var b [8]byte
+	for _, v := range r.VIPs {
+		k := vipKeyBytes(v.Key)
+		h.Write(k)
+		hostOrder.PutUint64(b[:], v.sum)
+		h.Write(b[:])
+	}
+	for _, list := range [][]netip.Addr{r.IPVIPs, r.Hairpin} {
+		h.WriteByte('|')
+		for _, a := range list {
+			h.Write(addrBytes(a))
+		}
+	}
+	return h.Sum64()
+}
+
+func (e *VIPElem) fingerprint(h *maphash.Hash) uint64 {
+	h.Reset()
+	h.WriteString(e.Comment)
+	var b [18]byte
+	for _, ap := range e.Backends {
+		a := ap.Addr().As16()
+		copy(b[:], a[:])
+		b[16], b[17] = byte(ap.Port()>>8), byte(ap.Port())
+		h.Write(b[:])
+	}
+	return h.Sum64()
 }
 
 func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
@@ -134,9 +207,9 @@ func (r *Ruleset) LBCounts() []int {
 	seen := map[int]bool{}
 	var out []int
 	for _, v := range r.VIPs {
-		if v.Backends > 0 && !seen[v.Backends] {
-			seen[v.Backends] = true
-			out = append(out, v.Backends)
+		if n := len(v.Backends); n > 0 && !seen[n] {
+			seen[n] = true
+			out = append(out, n)
 		}
 	}
 	slices.Sort(out)

@@ -98,19 +98,19 @@ func TestCompileShape(t *testing.T) {
 		"myservice.marathon.l4lb.thisdcos.directory:6666/tcp": 2,
 		"myservice.marathon.l4lb.thisdcos.directory:6666/udp": 2,
 		"myservice.marathon.l4lb.thisdcos.directory:7777/tcp": 2,
-		"198.18.255.1:80/tcp":                                 2,
-		"six.marathon.l4lb.thisdcos.directory:80/tcp":         3,
-		"[fd00:198:18::ff:1]:8080/tcp":                        3,
-		"empty.marathon.l4lb.thisdcos.directory:1/tcp":        0,
-		"long.marathon.l4lb.thisdcos.directory:443/tcp":       0,
+		"198.18.255.1:80/tcp":                           2,
+		"six.marathon.l4lb.thisdcos.directory:80/tcp":   3,
+		"[fd00:198:18::ff:1]:8080/tcp":                  3,
+		"empty.marathon.l4lb.thisdcos.directory:1/tcp":  0,
+		"long.marathon.l4lb.thisdcos.directory:443/tcp": 0,
 	} {
 		v, ok := byComment[name]
 		if !ok {
 			t.Errorf("no element for %s", name)
 			continue
 		}
-		if v.Backends != n {
-			t.Errorf("%s: %d backends, want %d", name, v.Backends, n)
+		if len(v.Backends) != n {
+			t.Errorf("%s: %d backends, want %d", name, len(v.Backends), n)
 		}
 		want := lbChain(n)
 		if n == 0 {
@@ -125,7 +125,7 @@ func TestCompileShape(t *testing.T) {
 	}
 	// Slots 0..N-1 in address order, only active backends.
 	var slots []string
-	for _, b := range r.Backends {
+	for _, b := range r.Backends() {
 		if b.VIP.Port == 6666 && b.VIP.Proto == vip.TCP {
 			slots = append(slots, b.Backend.String())
 		}

@@ -26,12 +26,13 @@ func (r *Ruleset) WriteText(w io.Writer) error {
 	p := func(format string, args ...any) { fmt.Fprintf(bw, format, args...) }
 
 	active := 0
+	backends := r.Backends()
 	for _, v := range r.VIPs {
-		if v.Backends > 0 {
+		if len(v.Backends) > 0 {
 			active++
 		}
 	}
-	p("# l4lb ruleset: %d VIPs (%d with active backends), %d backend slots\n", len(r.VIPs), active, len(r.Backends))
+	p("# l4lb ruleset: %d VIPs (%d with active backends), %d backend slots\n", len(r.VIPs), active, len(backends))
 	p("table inet %s {\n", r.Table)
 	sep := ""
 	for _, s := range r.setDecls() {
@@ -59,7 +60,7 @@ func (r *Ruleset) WriteText(w io.Writer) error {
 	v4, v6 := splitVIPs(r.VIPs)
 	writeElems(bw, r.Table, mapVIPs4, len(v4), func(i int) string { return vipElemText(v4[i]) })
 	writeElems(bw, r.Table, mapVIPs6, len(v6), func(i int) string { return vipElemText(v6[i]) })
-	b4, b6 := splitBackends(r.Backends)
+	b4, b6 := splitBackends(backends)
 	writeElems(bw, r.Table, mapBackends4, len(b4), func(i int) string { return backendElemText(b4[i]) })
 	writeElems(bw, r.Table, mapBackends6, len(b6), func(i int) string { return backendElemText(b6[i]) })
 	i4, i6 := splitAddrs(r.IPVIPs)

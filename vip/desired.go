@@ -2,7 +2,6 @@ package vip
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -34,13 +33,26 @@ type decl struct {
 	label string
 }
 
+// groupID identifies a VIP before it has an address: a name (or IP), a
+// port and a protocol.
+type groupID struct {
+	name  string
+	ip    netip.Addr
+	port  uint16
+	proto Proto
+}
+
+func (a groupID) compare(b groupID) int {
+	return cmp.Or(strings.Compare(a.name, b.name), a.ip.Compare(b.ip), cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
+}
+
 // group is every declaration of the same VIP, with the union of backends.
 type group struct {
 	spec     Spec
 	proto    Proto
 	apps     map[string]bool
-	backends map[netip.AddrPort]Backend
-	labels   []string // app/label pairs, for problems
+	backends []Backend // deduplicated and sorted by dedupe
+	labels   []string  // app/label pairs, for problems
 }
 
 // Desired computes the desired state from Marathon apps: the VIPs their port
@@ -61,7 +73,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		cfg.Pool6 = DefaultPool6
 	}
 	var problems []Problem
-	groups := map[string]*group{}
+	groups := map[groupID]*group{}
 	seen := map[string]bool{}
 
 	sorted := slices.Clone(apps)
@@ -84,17 +96,15 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 			backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
 			problems = append(problems, beProblems...)
 			for _, d := range decls {
-				k := groupKey(d.spec, d.proto)
+				k := groupID{name: d.spec.Name, ip: d.spec.IP, port: d.spec.Port, proto: d.proto}
 				g := groups[k]
 				if g == nil {
-					g = &group{spec: d.spec, proto: d.proto, apps: map[string]bool{}, backends: map[netip.AddrPort]Backend{}}
+					g = &group{spec: d.spec, proto: d.proto, apps: map[string]bool{}}
 					groups[k] = g
 				}
 				g.apps[d.app] = true
 				g.labels = append(g.labels, d.app+" "+d.label)
-				for _, b := range backends {
-					addBackend(g.backends, b)
-				}
+				g.backends = append(g.backends, backends...)
 			}
 		}
 	}
@@ -114,20 +124,14 @@ func sortProblems(ps []Problem) []Problem {
 	return slices.Compact(ps)
 }
 
-// addBackend merges b into the set; when two tasks share an address and port
-// the best state wins (active, then draining, then unhealthy).
-func addBackend(set map[netip.AddrPort]Backend, b Backend) {
-	old, ok := set[b.AddrPort()]
-	if !ok || b.State < old.State || (b.State == old.State && b.Task < old.Task) {
-		set[b.AddrPort()] = b
-	}
-}
-
-func groupKey(s Spec, p Proto) string {
-	if s.Name != "" {
-		return fmt.Sprintf("n %s %d %d", s.Name, s.Port, p)
-	}
-	return fmt.Sprintf("i %s %d %d", s.IP, s.Port, p)
+// dedupe sorts a group's backends by address and port and keeps one per
+// address and port: when two tasks share one, the best state wins (active,
+// then draining, then unhealthy), then the first task id.
+func (g *group) dedupe() {
+	slices.SortFunc(g.backends, func(a, b Backend) int {
+		return cmp.Or(a.AddrPort().Compare(b.AddrPort()), cmp.Compare(a.State, b.State), strings.Compare(a.Task, b.Task))
+	})
+	g.backends = slices.CompactFunc(g.backends, func(a, b Backend) bool { return a.AddrPort() == b.AddrPort() })
 }
 
 // portDecls reads the VIP labels of one port, sorted by label key.
@@ -152,12 +156,7 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 		return nil, problems
 	}
 	for _, k := range keys {
-		var value string
-		if err := json.Unmarshal(port.Labels[k], &value); err != nil {
-			problems = append(problems, Problem{App: appID, Label: k, Reason: "label value is not a string: " + string(port.Labels[k])})
-			continue
-		}
-		spec, err := ParseLabel(value, cfg.Framework, cfg.Domain)
+		spec, err := ParseLabel(port.Labels[k], cfg.Framework, cfg.Domain)
 		if err != nil {
 			problems = append(problems, Problem{App: appID, Label: k, Reason: err.Error()})
 			continue
@@ -171,9 +170,12 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 
 // build turns groups into VIPs: addresses for named VIPs, family checks for
 // IP VIPs, sorted output.
-func build(groups map[string]*group, cfg Config) (State, []Problem) {
+func build(groups map[groupID]*group, cfg Config) (State, []Problem) {
 	var problems []Problem
-	keys := slices.Sorted(maps.Keys(groups))
+	keys := slices.SortedFunc(maps.Keys(groups), groupID.compare)
+	for _, k := range keys {
+		groups[k].dedupe()
+	}
 
 	// IP VIP addresses are reserved: the allocator never hands them out.
 	reserved := map[netip.Addr]bool{}
@@ -197,8 +199,8 @@ func build(groups map[string]*group, cfg Config) (State, []Problem) {
 			f = &fams{}
 			need[g.spec.Name] = f
 		}
-		for ap := range g.backends {
-			if ap.Addr().Is4() {
+		for _, b := range g.backends {
+			if b.Addr.Is4() {
 				f.v4 = true
 			} else {
 				f.v6 = true
@@ -240,15 +242,15 @@ func build(groups map[string]*group, cfg Config) (State, []Problem) {
 				continue
 			}
 			v := newVIP(g, g.spec.IP)
-			for ap, b := range g.backends {
-				if ap.Addr().Is4() != g.spec.IP.Is4() {
+			for _, b := range g.backends {
+				if b.Addr.Is4() != g.spec.IP.Is4() {
 					problems = append(problems, Problem{App: b.App, Task: b.Task,
-						Reason: fmt.Sprintf("backend %s does not match the address family of IP VIP %s", ap, v)})
+						Reason: fmt.Sprintf("backend %s does not match the address family of IP VIP %s", b.AddrPort(), v)})
 					continue
 				}
 				v.Backends = append(v.Backends, b)
 			}
-			vips = append(vips, finish(v))
+			vips = append(vips, v)
 			continue
 		}
 		for _, fam := range []struct {
@@ -268,12 +270,12 @@ func build(groups map[string]*group, cfg Config) (State, []Problem) {
 				continue
 			}
 			v := newVIP(g, a)
-			for ap, b := range g.backends {
-				if ap.Addr().Is4() == fam.is4 {
+			for _, b := range g.backends {
+				if b.Addr.Is4() == fam.is4 {
 					v.Backends = append(v.Backends, b)
 				}
 			}
-			vips = append(vips, finish(v))
+			vips = append(vips, v)
 		}
 	}
 	slices.SortFunc(vips, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
@@ -293,11 +295,6 @@ func newVIP(g *group, addr netip.Addr) VIP {
 		Proto: g.proto,
 		Apps:  slices.Sorted(maps.Keys(g.apps)),
 	}
-}
-
-func finish(v VIP) VIP {
-	slices.SortFunc(v.Backends, func(a, b Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
-	return v
 }
 
 // groupProblems reports a problem once for every app label behind a group.

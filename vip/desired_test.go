@@ -1,7 +1,6 @@
 package vip
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -443,7 +442,9 @@ func TestAllocationKeepsLiveAddresses(t *testing.T) {
 	// Pretend the address was assigned earlier somewhere else in the pool:
 	// it must be kept, not recomputed from the hash.
 	moved := netip.MustParseAddr("198.18.7.7")
-	s2, _ := desired(t, one, func(c *Config) { c.Previous = Allocations{V4: map[string]netip.Addr{"a.marathon.l4lb.thisdcos.directory": moved}} })
+	s2, _ := desired(t, one, func(c *Config) {
+		c.Previous = Allocations{V4: map[string]netip.Addr{"a.marathon.l4lb.thisdcos.directory": moved}}
+	})
 	if s2.VIPs[0].Addr != moved {
 		t.Errorf("live VIP moved from %s to %s", moved, s2.VIPs[0].Addr)
 	}
@@ -557,7 +558,7 @@ func TestMarathonFixtures(t *testing.T) {
 		}
 		// The same app with a VIP label: the task's host and host port are
 		// the backend, not its bridge address.
-		apps[0].Container.PortMappings[0].Labels = map[string]json.RawMessage{"VIP_0": json.RawMessage(`"pyweb:80"`)}
+		apps[0].Container.PortMappings[0].Labels = map[string]string{"VIP_0": "pyweb:80"}
 		s, problems = Desired(apps, Config{Pool4: testPool4})
 		want := []string{"pyweb.marathon.l4lb.thisdcos.directory:80/tcp v4 [10.0.2.148:1565 active]"}
 		if got := vipsOf(s); len(problems) > 0 || !slices.Equal(got, want) {

@@ -9,27 +9,27 @@ import (
 )
 
 // App is the part of a Marathon app definition that l4lb reads. Unknown fields
-// are ignored. Tasks and labels are kept raw so that one malformed task or
-// label is reported and skipped without losing the rest of the app.
+// are ignored. ParseApps drops a task or a label that does not decode (and
+// reports it), so that the rest of the app is kept.
 type App struct {
-	ID              string           `json:"id"`
-	PortDefinitions []Port           `json:"portDefinitions"`
-	Container       *Container       `json:"container"`
-	Networks        []Network        `json:"networks"`
-	IPAddress       *AppIPAddress    `json:"ipAddress"`
+	ID              string            `json:"id"`
+	PortDefinitions []Port            `json:"portDefinitions"`
+	Container       *Container        `json:"container"`
+	Networks        []Network         `json:"networks"`
+	IPAddress       *AppIPAddress     `json:"ipAddress"`
 	HealthChecks    []json.RawMessage `json:"healthChecks"`
-	Tasks           []json.RawMessage `json:"tasks"`
+	Tasks           []Task            `json:"tasks"`
 }
 
 // Port is an entry of portDefinitions or of a portMappings list.
 type Port struct {
-	Port          *int                       `json:"port"`
-	ContainerPort *int                       `json:"containerPort"`
-	HostPort      *int                       `json:"hostPort"`
-	ServicePort   *int                       `json:"servicePort"`
-	Protocol      string                     `json:"protocol"`
-	Name          string                     `json:"name"`
-	Labels        map[string]json.RawMessage `json:"labels"`
+	Port          *int              `json:"port"`
+	ContainerPort *int              `json:"containerPort"`
+	HostPort      *int              `json:"hostPort"`
+	ServicePort   *int              `json:"servicePort"`
+	Protocol      string            `json:"protocol"`
+	Name          string            `json:"name"`
+	Labels        map[string]string `json:"labels"`
 }
 
 // Container is an app's container block.
@@ -120,8 +120,15 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 	for i, raw := range raws {
 		var app App
 		if err := json.Unmarshal(raw, &app); err != nil {
-			problems = append(problems, Problem{App: rawAppID(raw, i), Reason: "malformed app: " + err.Error()})
-			continue
+			// Find out whether a task or a label is to blame, and keep the
+			// rest of the app.
+			var more []Problem
+			app, more, err = decodeLenient(raw)
+			if err != nil {
+				problems = append(problems, Problem{App: rawAppID(raw, i), Reason: "malformed app: " + err.Error()})
+				continue
+			}
+			problems = append(problems, more...)
 		}
 		if app.ID == "" {
 			problems = append(problems, Problem{App: rawAppID(raw, i), Reason: "app has no id"})
@@ -140,13 +147,100 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 // rawAppID names an app that did not decode: its id when that much can be
 // read, its position otherwise.
 func rawAppID(raw json.RawMessage, i int) string {
+	if id := rawID(raw); id != "" {
+		return id
+	}
+	return fmt.Sprintf("#%d", i)
+}
+
+// rawID reads the "id" of an object that may not decode as a whole.
+func rawID(raw []byte) string {
 	var probe struct {
 		ID any `json:"id"`
 	}
 	if err := json.Unmarshal(raw, &probe); err == nil {
-		if s, ok := probe.ID.(string); ok && s != "" {
+		if s, ok := probe.ID.(string); ok {
 			return s
 		}
 	}
-	return fmt.Sprintf("#%d", i)
+	return ""
+}
+
+// The lenient decoding of an app keeps tasks and labels raw, to decode them
+// one by one. It runs only for apps that do not decode as a whole.
+type lenientApp struct {
+	App
+	PortDefinitions []lenientPort     `json:"portDefinitions"`
+	Container       *lenientContainer `json:"container"`
+	Tasks           []json.RawMessage `json:"tasks"`
+}
+
+type lenientPort struct {
+	Port
+	Labels map[string]json.RawMessage `json:"labels"`
+}
+
+type lenientContainer struct {
+	Type         string         `json:"type"`
+	Docker       *lenientDocker `json:"docker"`
+	PortMappings []lenientPort  `json:"portMappings"`
+}
+
+type lenientDocker struct {
+	Network      string        `json:"network"`
+	PortMappings []lenientPort `json:"portMappings"`
+}
+
+func decodeLenient(raw []byte) (App, []Problem, error) {
+	var l lenientApp
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return App{}, nil, err
+	}
+	app := l.App
+	id := app.ID
+	if id != "" && !strings.HasPrefix(id, "/") {
+		id = "/" + id
+	}
+	var problems []Problem
+	ports := func(in []lenientPort) []Port {
+		var out []Port
+		for _, p := range in {
+			port := p.Port
+			port.Labels = map[string]string{}
+			for k, v := range p.Labels {
+				var s string
+				if err := json.Unmarshal(v, &s); err != nil {
+					if IsLabelKey(k) {
+						problems = append(problems, Problem{App: id, Label: k, Reason: fmt.Sprintf("label value is not a string: %.64s", v)})
+					}
+					continue
+				}
+				port.Labels[k] = s
+			}
+			out = append(out, port)
+		}
+		return out
+	}
+	app.PortDefinitions = ports(l.PortDefinitions)
+	app.Container = nil
+	if l.Container != nil {
+		app.Container = &Container{Type: l.Container.Type, PortMappings: ports(l.Container.PortMappings)}
+		if d := l.Container.Docker; d != nil {
+			app.Container.Docker = &Docker{Network: d.Network, PortMappings: ports(d.PortMappings)}
+		}
+	}
+	app.Tasks = nil
+	for i, rt := range l.Tasks {
+		var t Task
+		if err := json.Unmarshal(rt, &t); err != nil {
+			tid := rawID(rt)
+			if tid == "" {
+				tid = fmt.Sprintf("#%d", i)
+			}
+			problems = append(problems, Problem{App: id, Task: tid, Reason: "malformed task: " + err.Error()})
+			continue
+		}
+		app.Tasks = append(app.Tasks, t)
+	}
+	return app, problems, nil
 }

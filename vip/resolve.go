@@ -13,9 +13,9 @@ import (
 // remembers the answers, so that a sync does not wait on DNS for hosts it
 // already knows. Failures are remembered for a shorter time.
 type CachingResolver struct {
-	TTL         time.Duration // how long an answer is kept; 5 minutes when zero
-	NegativeTTL time.Duration // how long a failure is kept; 10 seconds when zero
-	Timeout     time.Duration // per lookup; 2 seconds when zero
+	TTL         time.Duration                                                // how long an answer is kept; 5 minutes when zero
+	NegativeTTL time.Duration                                                // how long a failure is kept; 10 seconds when zero
+	Timeout     time.Duration                                                // per lookup; 2 seconds when zero
 	Lookup      func(ctx context.Context, host string) ([]netip.Addr, error) // the system resolver when nil
 	Now         func() time.Time                                             // time.Now when nil
 

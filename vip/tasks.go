@@ -1,7 +1,6 @@
 package vip
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -150,47 +149,33 @@ func (s taskStatus) backendState() BackendState {
 
 // liveTask is a task that is a backend, with its decoded fields.
 type liveTask struct {
-	Task
+	*Task
+	id    string // the task's id, or its position when it has none
 	state BackendState
 }
 
-// parseTasks decodes an app's tasks one by one, so that one malformed task
-// is reported and the others kept, and drops tasks that are not backends.
+// parseTasks drops tasks that are not backends, and reports the ones that
+// did not decode or make no sense.
 func parseTasks(app App) ([]liveTask, []Problem) {
-	var out []liveTask
+	out := make([]liveTask, 0, len(app.Tasks))
 	var problems []Problem
-	for i, raw := range app.Tasks {
-		var t Task
-		if err := json.Unmarshal(raw, &t); err != nil {
-			problems = append(problems, Problem{App: app.ID, Task: rawTaskID(raw, i), Reason: "malformed task: " + err.Error()})
-			continue
+	for i := range app.Tasks {
+		t := &app.Tasks[i]
+		id := t.ID
+		if id == "" {
+			id = fmt.Sprintf("#%d", i)
 		}
-		if t.ID == "" {
-			t.ID = fmt.Sprintf("#%d", i)
-		}
-		st, err := status(t, len(app.HealthChecks))
+		st, err := status(*t, len(app.HealthChecks))
 		if err != nil {
-			problems = append(problems, Problem{App: app.ID, Task: t.ID, Reason: err.Error()})
+			problems = append(problems, Problem{App: app.ID, Task: id, Reason: err.Error()})
 			continue
 		}
 		if st == statusSkip {
 			continue
 		}
-		out = append(out, liveTask{Task: t, state: st.backendState()})
+		out = append(out, liveTask{Task: t, id: id, state: st.backendState()})
 	}
 	return out, problems
-}
-
-func rawTaskID(raw json.RawMessage, i int) string {
-	var probe struct {
-		ID any `json:"id"`
-	}
-	if json.Unmarshal(raw, &probe) == nil {
-		if s, ok := probe.ID.(string); ok && s != "" {
-			return s
-		}
-	}
-	return fmt.Sprintf("#%d", i)
 }
 
 // portBackends finds the backends of port i for every live task:
@@ -204,7 +189,7 @@ func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTas
 	var problems []Problem
 	for _, t := range tasks {
 		bad := func(format string, args ...any) {
-			problems = append(problems, Problem{App: app.ID, Task: t.ID, Reason: fmt.Sprintf(format, args...)})
+			problems = append(problems, Problem{App: app.ID, Task: t.id, Reason: fmt.Sprintf(format, args...)})
 		}
 		if port.hostIndex >= 0 {
 			if port.hostIndex >= len(t.Ports) {
@@ -221,7 +206,7 @@ func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTas
 				bad("%v", err)
 				continue
 			}
-			out = append(out, Backend{Addr: addr, Port: uint16(hp), State: t.state, Task: t.ID, App: app.ID})
+			out = append(out, Backend{Addr: addr, Port: uint16(hp), State: t.state, Task: t.id, App: app.ID})
 			continue
 		}
 		if port.ContainerPort == nil || *port.ContainerPort < 1 || *port.ContainerPort > 65535 {
@@ -238,7 +223,7 @@ func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTas
 				bad("task ipAddress %q is not an IP address", ip.IPAddress)
 				continue
 			}
-			out = append(out, Backend{Addr: a.Unmap(), Port: uint16(*port.ContainerPort), State: t.state, Task: t.ID, App: app.ID})
+			out = append(out, Backend{Addr: a.Unmap(), Port: uint16(*port.ContainerPort), State: t.state, Task: t.id, App: app.ID})
 		}
 	}
 	return out, problems

@@ -84,6 +84,8 @@ func (m *modelFlags) check() error {
 	return nil
 }
 
+func newFlagSet(name string) *flag.FlagSet { return flag.NewFlagSet(name, flag.ContinueOnError) }
+
 // parseFlags parses args, then fills every flag not given on the command
 // line from its environment variable L4LB_<FLAG>.
 func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {

@@ -54,6 +54,12 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch cmd {
 	case "render":
 		return cmdRender(ctx, rest, stdout, stderr)
+	case "run":
+		return cmdRun(ctx, rest, stdout, stderr)
+	case "vips":
+		return cmdVIPs(ctx, rest, stdout, stderr)
+	case "cleanup":
+		return cmdCleanup(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 
@@ -12,7 +11,7 @@ import (
 )
 
 func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("render", flag.ContinueOnError)
+	fs := newFlagSet("render")
 	var m modelFlags
 	m.register(fs)
 	fs.Usage = func() {

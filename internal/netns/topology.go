@@ -101,6 +101,12 @@ func NewTopology(prefix string, backends, containers int) (t *Topology, err erro
 		if _, err := agent.Run("ip", "link", "set", peer, "master", bridge); err != nil {
 			return h, err
 		}
+		// As Docker does without its userland proxy: when br_netfilter is
+		// loaded, a container reaching itself through a VIP is bridged back
+		// out of the port it came from.
+		if _, err := agent.Run("ip", "link", "set", peer, "type", "bridge_slave", "hairpin", "on"); err != nil {
+			return h, err
+		}
 		if err := ns.Addr("eth0", cidr(h.Addr4, n4), cidr(h.Addr6, n6)); err != nil {
 			return h, err
 		}

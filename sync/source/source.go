@@ -5,6 +5,7 @@ package source
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/l4lb/l4lb/vip"
@@ -26,8 +27,14 @@ type Source interface {
 	Watch(ctx context.Context, changed func()) error
 }
 
-// Parse turns a source spec into a source: "file:PATH" or "marathon:URL".
+// Parse turns a source spec into a source: "file:PATH" or "marathon:URL",
+// with default Marathon options.
 func Parse(spec string) (Source, error) {
+	return ParseWith(spec, MarathonOptions{})
+}
+
+// ParseWith is Parse with the options of every marathon:URL source.
+func ParseWith(spec string, marathon MarathonOptions) (Source, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("source %q: want file:PATH or marathon:URL", spec)
@@ -35,6 +42,12 @@ func Parse(spec string) (Source, error) {
 	switch kind {
 	case "file":
 		return NewFile(arg), nil
+	case "marathon":
+		m, err := NewMarathon(arg, marathon)
+		if err != nil {
+			return nil, fmt.Errorf("source %s: %w", redactSpec(kind, arg), err)
+		}
+		return m, nil
 	}
 	return nil, fmt.Errorf("source %q: unknown kind %q, want file:PATH or marathon:URL", spec, kind)
 }
@@ -52,4 +65,12 @@ func LoadAll(ctx context.Context, sources []Source) (Snapshot, error) {
 		out.Problems = append(out.Problems, snap.Problems...)
 	}
 	return out, nil
+}
+
+// redactSpec hides a password in a marathon:URL spec for error messages.
+func redactSpec(kind, arg string) string {
+	if u, err := url.Parse(arg); err == nil {
+		return kind + ":" + u.Redacted()
+	}
+	return kind + ":(unparsable url)"
 }

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/sync/api"
+	"github.com/l4lb/l4lb/sync/reconcile"
+	"github.com/l4lb/l4lb/vip"
+)
+
+// runFlags are the daemon's flags (DESIGN section 3).
+type runFlags struct {
+	modelFlags
+	dnsListen      listFlag
+	dnsUpstreams   listFlag
+	apiListen      string
+	resync         time.Duration
+	flushUnhealthy bool
+	logLevel       string
+}
+
+func (f *runFlags) register(fs *flag.FlagSet) {
+	f.modelFlags.register(fs)
+	f.dnsListen = listFlag{"127.0.0.1:53"}
+	fs.Var(&dnsListenFlag{l: &f.dnsListen}, "dns-listen", "DNS listen addresses, comma-separated; empty turns DNS off")
+	fs.Var(&f.dnsUpstreams, "dns-upstream", "DNS servers for names outside the zone, comma-separated (otherwise REFUSED)")
+	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:62080", "HTTP API listen address (/v1/vips, /v1/problems, /metrics, /healthz)")
+	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync that reads the kernel back and repairs drift")
+	fs.BoolVar(&f.flushUnhealthy, "flush-unhealthy", true, "delete the conntrack entries of unhealthy backends, not only of gone ones")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+// dnsListenFlag replaces its default on first use, so that
+// --dns-listen= (or L4LB_DNS_LISTEN=) turns DNS off.
+type dnsListenFlag struct {
+	l       *listFlag
+	touched bool
+}
+
+func (d *dnsListenFlag) String() string {
+	if d.l == nil {
+		return ""
+	}
+	return d.l.String()
+}
+
+func (d *dnsListenFlag) Set(v string) error {
+	if !d.touched {
+		*d.l, d.touched = nil, true
+	}
+	return d.l.Set(v)
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run")
+	var f runFlags
+	f.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: l4lb run --source SPEC [--source SPEC ...] [flags]\n\nThe agent daemon: programs VIPs into nftables and keeps them in sync.\nStopping it leaves the rules in place; `l4lb cleanup` removes them.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
+		return err
+	}
+	if f.resync < time.Second {
+		return fmt.Errorf("%w: --resync %s is below one second", errUsage, f.resync)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return fmt.Errorf("%w: --log-level: %v", errUsage, err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	sources, err := parseSources(f.sources)
+	if err != nil {
+		return err
+	}
+	k, err := nat.New(f.table)
+	if err != nil {
+		return fmt.Errorf("open netlink (l4lb run needs root or CAP_NET_ADMIN): %w", err)
+	}
+	defer k.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rec := reconcile.New(reconcile.Config{
+		Sources:  sources,
+		NAT:      k,
+		Metrics:  reconcile.NewMetrics(reg),
+		Model:    vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
+		Table:    f.table,
+		StateDir: f.stateDir,
+		Logger:   log,
+	})
+
+	ln, err := net.Listen("tcp", f.apiListen)
+	if err != nil {
+		return fmt.Errorf("api listen %s: %w", f.apiListen, err)
+	}
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)})
+	srv := &http.Server{Handler: api.Handler(rec.Status, metrics), ReadHeaderTimeout: 5 * time.Second}
+
+	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
+		"vipPool6", f.pool6.String(), "api", ln.Addr().String(), "resync", f.resync.String())
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("api: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		errc <- rec.Run(ctx, f.resync)
+	}()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	shutdown, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	_ = srv.Shutdown(shutdown)
+	wg.Wait()
+	log.Info("stopped; the rules stay in place", "table", f.table)
+	return runErr
+}
+
+func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cleanup")
+	var table string
+	fs.StringVar(&table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: l4lb cleanup [--table NAME]\n\nRemoves l4lb's table, its routes and any iptables rules it added.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	k, err := nat.New(table)
+	if err != nil {
+		return fmt.Errorf("open netlink (l4lb cleanup needs root or CAP_NET_ADMIN): %w", err)
+	}
+	defer k.Close()
+	if err := k.Cleanup(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed table inet %s and its routes\n", table)
+	return nil
+}

@@ -1,0 +1,619 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// Defaults of MarathonOptions.
+const (
+	DefaultMarathonRequestTimeout = 30 * time.Second
+	DefaultMarathonMaxBody        = 256 << 20
+	// DefaultMarathonIdleTimeout is how long the event stream may stay
+	// silent. Marathon serves /v2/events with Jetty's EventSourceServlet,
+	// which writes a keep-alive (a blank line) every 10 s, so 30 s is three
+	// missed keep-alives: the connection is dead, or a proxy buffers it.
+	DefaultMarathonIdleTimeout  = 30 * time.Second
+	DefaultMarathonReconnectMin = 100 * time.Millisecond
+	DefaultMarathonReconnectMax = 30 * time.Second
+)
+
+// Internal limits of the Marathon client.
+const (
+	maxRedirects     = 5
+	maxTokenFile     = 64 << 10
+	maxErrorSnippet  = 256
+	dialTimeout      = 10 * time.Second
+	tlsTimeout       = 10 * time.Second
+	streamHealthyFor = time.Minute // a stream up this long resets the reconnect backoff
+)
+
+// marathonEvents are the Marathon event types that may change what l4lb
+// derives from /v2/apps: app definitions (labels, ports, health checks),
+// task states and task health. Watch subscribes to these (event_type
+// filters, Marathon >= 1.3.7) and ignores the others if the server sends
+// them anyway. event_stream_attached is handled apart: only the first one of
+// a connection, which is Marathon confirming this subscription, counts;
+// later ones are other clients attaching.
+var marathonEvents = []string{
+	"api_post_event",
+	"group_change_success",
+	"group_change_failed",
+	"deployment_info",
+	"deployment_success",
+	"deployment_failed",
+	"deployment_step_success",
+	"deployment_step_failure",
+	"app_terminated_event",
+	"status_update_event",
+	"instance_changed_event",
+	"unknown_instance_terminated_event",
+	"add_health_check_event",
+	"remove_health_check_event",
+	"failed_health_check_event",
+	"health_status_changed_event",
+	"instance_health_changed_event",
+	"unhealthy_task_kill_event",     // Marathon < 1.4
+	"unhealthy_instance_kill_event", // Marathon >= 1.4
+}
+
+const eventStreamAttached = "event_stream_attached"
+
+var relevantEvents = func() map[string]bool {
+	m := map[string]bool{}
+	for _, e := range marathonEvents {
+		m[e] = true
+	}
+	return m
+}()
+
+// MarathonOptions configure a Marathon source. The zero value is usable.
+type MarathonOptions struct {
+	// Username and Password for HTTP basic authentication. User information
+	// in the URL (https://user:pass@host:8080) sets them too; giving both is
+	// an error.
+	Username, Password string
+	// TokenFile holds a token sent with every request, for DC/OS strict or
+	// permissive mode (a service account's ACS token). The file is read again
+	// whenever it changes, and after a 401, so a sidecar can refresh it.
+	TokenFile string
+	// TokenScheme is how the token is sent: "token" (the default) sends
+	// "Authorization: token=TOKEN" as DC/OS does; "bearer" sends
+	// "Authorization: Bearer TOKEN".
+	TokenScheme string
+	// CAFile is a PEM bundle of the certificate authorities that HTTPS
+	// servers are verified against, instead of the system's (the DC/OS
+	// cluster CA, dcos-ca.crt). Read once, by NewMarathon.
+	CAFile string
+
+	// RequestTimeout bounds one Load (connecting, redirects, reading the
+	// body) and the connection phase of the event stream.
+	RequestTimeout time.Duration
+	// MaxBody bounds the /v2/apps response, in bytes.
+	MaxBody int64
+	// IdleTimeout is how long the event stream may send nothing, not even a
+	// keep-alive, before it is considered dead and reconnected.
+	IdleTimeout time.Duration
+	// ReconnectMin and ReconnectMax bound the delay before reconnecting the
+	// event stream: it starts at ReconnectMin, doubles after every failure up
+	// to ReconnectMax, is jittered down by up to half, and goes back to
+	// ReconnectMin after a stream that stayed up for a minute.
+	ReconnectMin, ReconnectMax time.Duration
+
+	// OnStreamError, when set, is called by Watch after the event stream
+	// failed or ended, with the reason and the delay before the next attempt.
+	// It runs on Watch's goroutine and must not block.
+	OnStreamError func(err error, retryIn time.Duration)
+	// OnStreamAttached, when set, is called by Watch when Marathon confirms
+	// the event subscription (and changed is called right after).
+	OnStreamAttached func()
+}
+
+// Marathon reads apps and tasks from Marathon's REST API and follows its
+// event stream.
+type Marathon struct {
+	base   *url.URL // without user information, query or trailing slash
+	opts   MarathonOptions
+	client *http.Client
+	token  *tokenFile // nil without a token file
+	auth   string     // "token=" or "Bearer "
+
+	healthyAfter time.Duration // streamHealthyFor; shorter in tests
+}
+
+// NewMarathon returns the source for Marathon at rawURL (http or https, with
+// an optional path prefix such as https://dcos.example/service/marathon).
+func NewMarathon(rawURL string, opts MarathonOptions) (*Marathon, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// url.Error repeats the URL, password included: keep only its reason.
+		return nil, fmt.Errorf("marathon url: %w", unwrapURLError(err))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("marathon url %s: scheme must be http or https", u.Redacted())
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("marathon url %s: no host", u.Redacted())
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("marathon url %s: no query or fragment allowed", u.Redacted())
+	}
+	if u.User != nil {
+		if opts.Username != "" || opts.Password != "" {
+			return nil, fmt.Errorf("marathon url %s: credentials both in the url and in the options", u.Redacted())
+		}
+		opts.Username = u.User.Username()
+		opts.Password, _ = u.User.Password()
+		u.User = nil
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+
+	m := &Marathon{base: u, healthyAfter: streamHealthyFor}
+	if opts.TokenFile != "" {
+		if opts.Username != "" || opts.Password != "" {
+			return nil, fmt.Errorf("marathon %s: both basic authentication and a token file: choose one", u)
+		}
+		m.token = &tokenFile{path: opts.TokenFile}
+		switch strings.ToLower(opts.TokenScheme) {
+		case "", "token":
+			m.auth = "token="
+		case "bearer":
+			m.auth = "Bearer "
+		default:
+			return nil, fmt.Errorf("marathon %s: token scheme %q: want token or bearer", u, opts.TokenScheme)
+		}
+	} else if opts.TokenScheme != "" {
+		return nil, fmt.Errorf("marathon %s: a token scheme without a token file", u)
+	}
+	if opts.RequestTimeout < 0 || opts.MaxBody < 0 || opts.IdleTimeout < 0 || opts.ReconnectMin < 0 || opts.ReconnectMax < 0 {
+		return nil, fmt.Errorf("marathon %s: negative timeout, size or delay", u)
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = DefaultMarathonRequestTimeout
+	}
+	if opts.MaxBody == 0 {
+		opts.MaxBody = DefaultMarathonMaxBody
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultMarathonIdleTimeout
+	}
+	if opts.ReconnectMin == 0 {
+		opts.ReconnectMin = DefaultMarathonReconnectMin
+	}
+	if opts.ReconnectMax == 0 {
+		opts.ReconnectMax = max(DefaultMarathonReconnectMax, opts.ReconnectMin)
+	}
+	if opts.ReconnectMax < opts.ReconnectMin {
+		return nil, fmt.Errorf("marathon %s: reconnect max %s below min %s", u, opts.ReconnectMax, opts.ReconnectMin)
+	}
+
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("marathon %s: ca file: %w", u, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("marathon %s: ca file %s: no PEM certificate in it", u, opts.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	m.opts = opts
+	m.client = &http.Client{
+		Transport: &http.Transport{
+			Proxy:                  http.ProxyFromEnvironment,
+			DialContext:            (&net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}).DialContext,
+			TLSClientConfig:        tlsConf,
+			TLSHandshakeTimeout:    tlsTimeout,
+			ResponseHeaderTimeout:  opts.RequestTimeout,
+			MaxIdleConnsPerHost:    2,
+			IdleConnTimeout:        90 * time.Second,
+			MaxResponseHeaderBytes: 1 << 20,
+		},
+		// Redirects are followed by get, which keeps the credentials for
+		// the leader and refuses to downgrade https to http.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return m, nil
+}
+
+func (m *Marathon) String() string { return "marathon:" + m.base.String() }
+
+// Load reads every app with its tasks from GET /v2/apps?embed=apps.tasks.
+// Any failure is an error naming the URL; apps that do not decode are
+// problems in the snapshot.
+func (m *Marathon) Load(ctx context.Context) (Snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
+	defer cancel()
+	resp, at, err := m.get(ctx, "/v2/apps", url.Values{"embed": {"apps.tasks"}}, "application/json")
+	if err != nil {
+		return Snapshot{}, err
+	}
+	defer drainClose(resp.Body)
+	if err := checkResponse(resp, "application/json"); err != nil {
+		return Snapshot{}, fmt.Errorf("GET %s: %w", at, err)
+	}
+	var body bytes.Buffer
+	if n := resp.ContentLength; n > 0 && n <= m.opts.MaxBody {
+		body.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
+	}
+	if _, err := body.ReadFrom(io.LimitReader(resp.Body, m.opts.MaxBody+1)); err != nil {
+		return Snapshot{}, fmt.Errorf("GET %s: read body: %w", at, unwrapURLError(err))
+	}
+	data := body.Bytes()
+	if int64(len(data)) > m.opts.MaxBody {
+		return Snapshot{}, fmt.Errorf("GET %s: response larger than %d bytes", at, m.opts.MaxBody)
+	}
+	if err := checkAppsShape(data); err != nil {
+		return Snapshot{}, fmt.Errorf("GET %s: %w", at, err)
+	}
+	apps, problems, err := vip.ParseApps(data)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("GET %s: %w", at, err)
+	}
+	return Snapshot{Apps: apps, Problems: problems}, nil
+}
+
+// checkAppsShape insists on what /v2/apps returns, {"apps": [...]}, so that
+// another JSON document (an empty array from a misrouted proxy, an error
+// object) is never taken for an empty cluster. Marathon writes "apps" first,
+// so this reads only the first bytes.
+func checkAppsShape(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return errors.New(`not a JSON object: want {"apps": [...]}`)
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("decode: %w", err)
+		}
+		if key == "apps" {
+			if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+				return errors.New(`"apps" is not an array`)
+			}
+			return nil
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("decode: %w", err)
+		}
+	}
+	return errors.New(`no "apps" in the response: want {"apps": [...]}`)
+}
+
+// Watch follows GET /v2/events and calls changed for every event that may
+// change the apps, and when a (re)connected stream is attached, since
+// anything may have changed while it was down. Events are only triggers;
+// the data comes from Load. A failed or ended stream is reconnected after a
+// jittered exponential backoff. changed is called on Watch's goroutine and
+// must not block (a runner's Trigger does not). Watch returns nil when ctx
+// is done.
+func (m *Marathon) Watch(ctx context.Context, changed func()) error {
+	if changed == nil {
+		return errors.New("marathon watch: changed is nil")
+	}
+	delay := m.opts.ReconnectMin
+	for {
+		up, err := m.stream(ctx, changed)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if up >= m.healthyAfter {
+			delay = m.opts.ReconnectMin
+		}
+		wait := jitter(delay)
+		if m.opts.OnStreamError != nil {
+			m.opts.OnStreamError(err, wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(delay*2, m.opts.ReconnectMax)
+	}
+}
+
+// jitter returns a delay between d/2 and d, so that agents that lost
+// Marathon together do not come back in step.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// errIdle is the cause of a stream cut by the idle timeout.
+type errIdle time.Duration
+
+func (e errIdle) Error() string {
+	return fmt.Sprintf("no data, not even a keep-alive, for %s", time.Duration(e))
+}
+
+// stream runs one connection of the event stream until it fails, ends or
+// ctx is done. It returns how long the stream was up (zero if Marathon did
+// not accept it) and why it ended, never a nil error.
+func (m *Marathon) stream(ctx context.Context, changed func()) (time.Duration, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	idle := time.AfterFunc(m.opts.IdleTimeout, func() { cancel(errIdle(m.opts.IdleTimeout)) })
+	defer idle.Stop()
+
+	q := url.Values{"event_type": append([]string{eventStreamAttached}, marathonEvents...)}
+	// Marathon 1.6 sends whole root groups in deployment events unless asked
+	// for the light format; later versions always send it, older ignore it.
+	q.Set("plan-format", "light")
+	resp, at, err := m.get(ctx, "/v2/events", q, "text/event-stream")
+	if err != nil {
+		return 0, streamErr(ctx, at, err)
+	}
+	defer resp.Body.Close() // not drained: the stream does not end by itself
+	if err := checkResponse(resp, "text/event-stream"); err != nil {
+		return 0, fmt.Errorf("GET %s: %w", at, err)
+	}
+	idle.Reset(m.opts.IdleTimeout)
+	start := time.Now()
+
+	events := newSSEReader(&idleReader{r: resp.Body, t: idle, d: m.opts.IdleTimeout})
+	attached := false
+	for {
+		ev, err := events.Next()
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("server closed the stream")
+			}
+			return time.Since(start), streamErr(ctx, at, fmt.Errorf("GET %s: %w", at, unwrapURLError(err)))
+		}
+		switch name := eventName(ev); {
+		case name == eventStreamAttached:
+			if attached {
+				continue // another client attached
+			}
+			attached = true
+			if m.opts.OnStreamAttached != nil {
+				m.opts.OnStreamAttached()
+			}
+			changed()
+		case relevantEvents[name], name == "":
+			changed()
+		}
+	}
+}
+
+// streamErr prefers the idle timeout, when it cut the stream, to the error
+// the read returned because of it.
+func streamErr(ctx context.Context, at string, err error) error {
+	var idle errIdle
+	if cause := context.Cause(ctx); errors.As(cause, &idle) {
+		return fmt.Errorf("GET %s: %w (idle timeout)", at, cause)
+	}
+	return err
+}
+
+// eventName is the Marathon event type of an event: its SSE event field, or
+// for an unnamed event the eventType in its JSON data. It is empty when that
+// cannot be told, and such an event counts as relevant.
+func eventName(ev sseEvent) string {
+	if ev.Type != "message" {
+		return ev.Type
+	}
+	var probe struct {
+		EventType string `json:"eventType"`
+	}
+	if ev.Truncated || json.Unmarshal([]byte(ev.Data), &probe) != nil {
+		return ""
+	}
+	return probe.EventType
+}
+
+// idleReader pushes the idle timer back on every read that returns data.
+type idleReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Reset(r.d)
+	}
+	return n, err
+}
+
+// get sends GET base+path?query, following redirects (Marathon standbys
+// redirect /v2/events to the leader) with the same credentials, at most
+// maxRedirects times and never from https to http. It returns the response
+// and the URL that answered, for error messages. Errors name the URL.
+func (m *Marathon) get(ctx context.Context, path string, query url.Values, accept string) (*http.Response, string, error) {
+	u := *m.base
+	u.Path += path
+	u.RawQuery = query.Encode()
+	at := &u
+	for hop := 0; ; hop++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, at.String(), nil)
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("GET %s: %w", at, err)
+		}
+		req.Header.Set("Accept", accept)
+		req.Header.Set("User-Agent", "l4lb")
+		if accept == "text/event-stream" {
+			req.Header.Set("Cache-Control", "no-cache")
+			req.Header.Set("Accept-Encoding", "identity") // no transparent gzip on a stream
+		}
+		if err := m.authorize(req); err != nil {
+			return nil, at.String(), fmt.Errorf("GET %s: %w", at, err)
+		}
+		resp, err := m.client.Do(req)
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("GET %s: %w", at, unwrapURLError(err))
+		}
+		if resp.StatusCode == http.StatusUnauthorized && m.token != nil {
+			m.token.invalidate()
+		}
+		switch resp.StatusCode {
+		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		default:
+			return resp, at.String(), nil
+		}
+		loc := resp.Header.Get("Location")
+		drainClose(resp.Body)
+		if loc == "" {
+			return nil, at.String(), fmt.Errorf("GET %s: %s without a Location", at, resp.Status)
+		}
+		next, err := at.Parse(loc)
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("GET %s: %s to a bad Location %q: %w", at, resp.Status, loc, err)
+		}
+		next.User = nil
+		if next.Scheme != "http" && next.Scheme != "https" {
+			return nil, at.String(), fmt.Errorf("GET %s: redirect to %s: not http or https", at, next)
+		}
+		if at.Scheme == "https" && next.Scheme == "http" {
+			return nil, at.String(), fmt.Errorf("GET %s: refusing redirect from https to %s", at, next)
+		}
+		if hop >= maxRedirects {
+			return nil, at.String(), fmt.Errorf("GET %s: more than %d redirects", u.String(), maxRedirects)
+		}
+		at = next
+	}
+}
+
+// authorize adds the configured credentials to req.
+func (m *Marathon) authorize(req *http.Request) error {
+	switch {
+	case m.token != nil:
+		tok, err := m.token.get()
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", m.auth+tok)
+	case m.opts.Username != "" || m.opts.Password != "":
+		req.SetBasicAuth(m.opts.Username, m.opts.Password)
+	}
+	return nil
+}
+
+// checkResponse accepts a 2xx response of the wanted media type.
+func checkResponse(resp *http.Response, want string) error {
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("status %s%s", resp.Status, snippet(resp.Body))
+	}
+	ct := resp.Header.Get("Content-Type")
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || mt != want {
+		return fmt.Errorf("content type %q, want %s", ct, want)
+	}
+	return nil
+}
+
+// snippet returns the start of an error body, quoted, for error messages.
+func snippet(body io.Reader) string {
+	b, _ := io.ReadAll(io.LimitReader(body, maxErrorSnippet+1))
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return ""
+	}
+	more := ""
+	if len(b) > maxErrorSnippet {
+		b, more = b[:maxErrorSnippet], "..."
+	}
+	return ": " + strconv.Quote(string(b)) + more
+}
+
+// drainClose reads a little of what is left, so the connection can be
+// reused, and closes the body.
+func drainClose(body io.ReadCloser) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+	_ = body.Close()
+}
+
+// unwrapURLError drops net/http's `Get "URL": ` wrapper; our messages name
+// the URL already.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// tokenFile caches a token read from a file, reading it again when the
+// file's stat changes or after invalidate.
+type tokenFile struct {
+	path string
+
+	mu    sync.Mutex
+	stamp string
+	token string
+}
+
+func (t *tokenFile) get() (string, error) {
+	fi, err := os.Stat(t.path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	stamp := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		stamp = fmt.Sprint(st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if stamp == t.stamp && t.token != "" {
+		return t.token, nil
+	}
+	f, err := os.Open(t.path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("token file %s: %w", t.path, err)
+	}
+	if len(data) > maxTokenFile {
+		return "", fmt.Errorf("token file %s: larger than %d bytes", t.path, maxTokenFile)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", t.path)
+	}
+	for _, c := range []byte(tok) {
+		if c < 0x21 || c > 0x7e {
+			return "", fmt.Errorf("token file %s: the token has a space or a character outside printable ASCII", t.path)
+		}
+	}
+	t.stamp, t.token = stamp, tok
+	return tok, nil
+}
+
+func (t *tokenFile) invalidate() {
+	t.mu.Lock()
+	t.stamp = ""
+	t.mu.Unlock()
+}
