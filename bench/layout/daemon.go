@@ -41,7 +41,13 @@ type Daemon struct {
 	done    chan error
 	started time.Time
 	agent   *netns.NS
+	// lastBody is the size of the last API answer (/v1/vips grows with the
+	// number of VIPs and backends).
+	lastBody int
 }
+
+// LastBodyBytes is the size of the last API answer.
+func (d *Daemon) LastBodyBytes() int { return d.lastBody }
 
 // Name implements Layout.
 func (*Daemon) Name() string { return "l4lb" }
@@ -182,7 +188,7 @@ func (d *Daemon) RSS() (int64, error) {
 func (d *Daemon) client() *http.Client {
 	agent := d.agent
 	return &http.Client{
-		Timeout: 10 * time.Second,
+		Timeout: 2 * time.Minute, // /v1/vips of 50,000 VIPs is large
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -206,9 +212,16 @@ func (d *Daemon) get(ctx context.Context, path string) (int, []byte, error) {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
+	if err == nil && len(body) > maxBody {
+		err = fmt.Errorf("GET %s: answer larger than %d MiB", path, maxBody>>20)
+	}
+	d.lastBody = len(body)
 	return resp.StatusCode, body, err
 }
+
+// maxBody bounds what the benchmark reads from the API.
+const maxBody = 1 << 30
 
 // WaitHealthy polls /healthz until it answers 200 and returns the time
 // since the daemon started. It fails when the daemon exits or the wait

@@ -144,6 +144,9 @@ type ClientConfig struct {
 	// Hold opens this many connections before the run and keeps them open
 	// until it ends (long-lived flows for conntrack measurements).
 	Hold int
+	// HoldAfter keeps the held connections open this long after the
+	// workers stop, or until ctx ends, which then is no error.
+	HoldAfter time.Duration
 	// OnHeld is called once the held connections are open, before the
 	// workers start.
 	OnHeld func()
@@ -212,7 +215,16 @@ func RunClient(ctx context.Context, cfg ClientConfig) (ClientResult, error) {
 	defer stop()
 	slice := runSlice(runCtx, stop, cfg, cfg.Targets, cfg.Duration)
 	slice.Held = heldBy
-	return slice, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return slice, err
+	}
+	if len(held) > 0 && cfg.HoldAfter > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(cfg.HoldAfter):
+		}
+	}
+	return slice, nil
 }
 
 // runSlice runs the workers against targets for d (or until stop is

@@ -91,33 +91,38 @@ func (r *Results) Markdown(w io.Writer, plotDir string) error {
 	}
 
 	if len(r.Scale) > 0 {
-		ew.printf("\n**Data-path scale**: new connections through one VIP with N VIPs of 10 backends installed " +
-			"(ratio = VIP/direct at that size; vs 1 = that ratio over the same layout's ratio with 1 VIP):\n\n")
-		ew.printf("| layout | VIPs | load s | VIP conns/s | direct conns/s | ratio | vs 1 | VIP p99 µs | note |\n|---|---|---|---|---|---|---|---|---|\n")
+		ew.printf("\n**Data-path scale**: new connections through one VIP with N VIPs of 10 backends installed. " +
+			"Direct connections cross the same agent with the same rules loaded (in kube-proxy's iptables mode every new " +
+			"connection walks KUBE-SERVICES, so direct ones slow down too). ratio = VIP/direct at that size; " +
+			"ratio vs 1 = that ratio over the layout's ratio with 1 VIP; rate vs 1 = the VIP rate over the layout's VIP rate with 1 VIP:\n\n")
+		ew.printf("| layout | VIPs | load s | VIP conns/s | direct conns/s | ratio | ratio vs 1 | rate vs 1 | VIP p50 µs | VIP p99 µs | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Scale {
-			ew.printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Layout, size(p.VIPs), f(p.LoadSeconds, 2),
-				thousands(p.VIP.Rate.Median), thousands(p.Direct.Rate.Median), f(p.Ratio, 3), f(p.VsOne, 3),
-				f(p.VIP.P99us.Median, 0), note(p.Skipped, p.Error))
+			ew.printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Layout, size(p.VIPs), f(p.LoadSeconds, 2),
+				thousands(p.VIP.Rate.Median), thousands(p.Direct.Rate.Median), f(p.Ratio, 3), f(p.VsOne, 3), f(p.RateVsOne, 3),
+				f(p.VIP.P50us.Median, 0), f(p.VIP.P99us.Median, 0), note(p.Skipped, p.Error))
 		}
 	}
 
 	if len(r.Control) > 0 {
 		ew.printf("\n**Control plane**: cold programming of N VIPs x 10 backends, then one backend added " +
 			"(change = from the write to the first new connection reaching the new backend):\n\n")
-		ew.printf("| impl | VIPs | cold s | change s | RSS MiB | note |\n|---|---|---|---|---|---|\n")
+		ew.printf("| impl | VIPs | cold s | change s | RSS MiB | GET /v1/vips | note |\n|---|---|---|---|---|---|---|\n")
 		for _, c := range r.Control {
-			rss := "–"
+			rss, api := "–", "–"
 			if c.RSSBytes > 0 {
 				rss = strconv.FormatFloat(float64(c.RSSBytes)/(1<<20), 'f', 1, 64)
 			}
-			ew.printf("| %s | %s | %s | %s | %s | %s |\n", c.Impl, size(c.VIPs), f(c.ColdSeconds, 2), f(c.ChangeSeconds, 3), rss, note(c.Skipped, c.Error))
+			if c.VIPsAPIBytes > 0 {
+				api = fmt.Sprintf("%.1f MiB in %ss", float64(c.VIPsAPIBytes)/(1<<20), f(c.VIPsAPISeconds, 2))
+			}
+			ew.printf("| %s | %s | %s | %s | %s | %s | %s |\n", c.Impl, size(c.VIPs), f(c.ColdSeconds, 2), f(c.ChangeSeconds, 3), rss, api, note(c.Skipped, c.Error))
 		}
 	}
 
 	if c := r.Convergence; c != nil {
 		ew.printf("\n**Convergence** after a backend's health check fails in the source:\n\n")
-		ew.printf("| impl | last new conn to it ms | its conntrack entries gone ms | held conns on it | note |\n|---|---|---|---|---|\n")
-		ew.printf("| %s | %s | %s | %d | %s |\n", c.Impl, f(c.LastConnMs, 0), f(c.ConntrackMs, 0), c.HeldOnFailed, note(c.Skipped, c.Error))
+		ew.printf("| impl | last new conn to it ms | its established conntrack entries gone ms | all its live entries gone ms | held conns on it | note |\n|---|---|---|---|---|---|\n")
+		ew.printf("| %s | %s | %s | %s | %d | %s |\n", c.Impl, f(c.LastConnMs, 0), f(c.EstablishedMs, 0), f(c.ConntrackMs, 0), c.HeldOnFailed, note(c.Skipped, c.Error))
 	}
 
 	if plotDir != "" {

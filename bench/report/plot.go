@@ -22,7 +22,6 @@ var styles = map[string]struct {
 	"l4lb daemon":          {color.RGBA{R: 0x1b, G: 0x9e, B: 0x77, A: 255}, draw.BoxGlyph{}},
 	"kube-nftables":        {color.RGBA{R: 0xd9, G: 0x5f, B: 0x02, A: 255}, draw.TriangleGlyph{}},
 	"kube-iptables":        {color.RGBA{R: 0x75, G: 0x70, B: 0xb3, A: 255}, draw.PyramidGlyph{}},
-	"direct (no VIP)":      {color.RGBA{R: 0x66, G: 0x66, B: 0x66, A: 255}, draw.CrossGlyph{}},
 	"kube-nftables update": {color.RGBA{R: 0xd9, G: 0x5f, B: 0x02, A: 255}, draw.RingGlyph{}},
 }
 
@@ -36,9 +35,10 @@ func styleOf(name string, i int) (color.RGBA, draw.GlyphDrawer) {
 
 // series is one line of a plot.
 type series struct {
-	name   string
-	points plotter.XYs
-	dashed bool
+	name    string
+	points  plotter.XYs
+	dashed  bool
+	colorOf string // take the colour of this series name (default: its own)
 }
 
 // Plots draws the two PNG plots into dir.
@@ -51,23 +51,22 @@ func (r *Results) Plots(dir string) error {
 
 func (r *Results) plotConnRate(path string) error {
 	var lines []series
-	var direct plotter.XYs
 	for _, l := range r.Layouts() {
-		s := series{name: l}
+		vip, direct := series{name: l}, series{name: "direct, " + l + " loaded", dashed: true, colorOf: l}
 		for _, p := range r.Scale {
-			if p.Layout != l || !p.VIP.Rate.Median.Valid() {
+			if p.Layout != l {
 				continue
 			}
-			s.points = append(s.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.VIP.Rate.Median)})
+			if p.VIP.Rate.Median.Valid() {
+				vip.points = append(vip.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.VIP.Rate.Median)})
+			}
 			if p.Direct.Rate.Median.Valid() {
-				direct = append(direct, plotter.XY{X: float64(p.VIPs), Y: float64(p.Direct.Rate.Median)})
+				direct.points = append(direct.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.Direct.Rate.Median)})
 			}
 		}
-		lines = append(lines, s)
+		lines = append(lines, vip, direct)
 	}
-	// The direct runs of every layout at a size, as one reference line.
-	lines = append(lines, series{name: "direct (no VIP)", points: medianBy(direct), dashed: true})
-	return drawPlot(path, "New connections through one VIP", "VIPs installed (10 backends each)",
+	return drawPlot(path, "New connections through one VIP (solid) and direct (dashed)", "VIPs installed (10 backends each)",
 		"connections/s (median)", lines, false, r.subtitle())
 }
 
@@ -172,7 +171,11 @@ func drawPlot(path, title, xlabel, ylabel string, lines []series, logY bool, sub
 			continue
 		}
 		drawn = true
-		c, shape := styleOf(s.name, i)
+		key := s.name
+		if s.colorOf != "" {
+			key = s.colorOf
+		}
+		c, shape := styleOf(key, i)
 		l, sc, err := plotter.NewLinePoints(s.points)
 		if err != nil {
 			return fmt.Errorf("plot %s: %w", s.name, err)
@@ -181,6 +184,8 @@ func drawPlot(path, title, xlabel, ylabel string, lines []series, logY bool, sub
 		l.Width = vg.Points(1.5)
 		if s.dashed {
 			l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			l.Width = vg.Points(1)
+			shape = draw.CrossGlyph{}
 		}
 		sc.Color = c
 		sc.Shape = shape

@@ -126,6 +126,12 @@ type Conn struct {
 	Errors int    `json:"errors"`
 }
 
+// NoConn is a connection measurement that did not happen: unknown
+// medians, no runs.
+func NoConn() Conn {
+	return Conn{Rate: NewSeries(nil), P50us: NewSeries(nil), P99us: NewSeries(nil)}
+}
+
 // ConnRate compares new connections through a VIP and directly.
 type ConnRate struct {
 	VIP    Conn   `json:"vip"`
@@ -147,29 +153,33 @@ type ScalePoint struct {
 	Error       string `json:"error,omitempty"`
 	VIP         Conn   `json:"vip"`
 	Direct      Conn   `json:"direct"`
-	Ratios      Series `json:"pair_ratios"`  // VIP/direct of each back-to-back pair at this size
-	Ratio       Num    `json:"ratio"`        // median of the pair ratios
-	VsOne       Num    `json:"ratio_vs_one"` // Ratio / Ratio of the same layout with 1 VIP
+	Ratios      Series `json:"pair_ratios"`     // VIP/direct of each back-to-back pair at this size
+	Ratio       Num    `json:"ratio"`           // median of the pair ratios
+	VsOne       Num    `json:"ratio_vs_one"`    // Ratio / Ratio of the same layout with 1 VIP
+	RateVsOne   Num    `json:"vip_rate_vs_one"` // median VIP rate / that of the same layout with 1 VIP (not normalized by direct runs)
 }
 
 // ControlPoint is cold programming of N VIPs and one backend change.
 type ControlPoint struct {
-	Impl          string `json:"impl"`
-	VIPs          int    `json:"vips"`
-	Backends      int    `json:"backends_per_vip"`
-	ColdSeconds   Num    `json:"cold_seconds"`
-	ChangeSeconds Num    `json:"change_seconds"` // change written to the first new connection reaching the new backend
-	RSSBytes      int64  `json:"rss_bytes,omitempty"`
-	Skipped       string `json:"skipped,omitempty"`
-	Error         string `json:"error,omitempty"`
+	Impl           string `json:"impl"`
+	VIPs           int    `json:"vips"`
+	Backends       int    `json:"backends_per_vip"`
+	ColdSeconds    Num    `json:"cold_seconds"`
+	ChangeSeconds  Num    `json:"change_seconds"` // change written to the first new connection reaching the new backend
+	RSSBytes       int64  `json:"rss_bytes,omitempty"`
+	VIPsAPIBytes   int    `json:"v1_vips_bytes,omitempty"`   // size of GET /v1/vips
+	VIPsAPISeconds Num    `json:"v1_vips_seconds,omitempty"` // its duration
+	Skipped        string `json:"skipped,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 // Convergence is what follows a backend's health turning bad in the source.
 type Convergence struct {
 	Impl          string `json:"impl"`
-	LastConnMs    Num    `json:"last_new_conn_ms"`  // health change to the start of the last new connection to the failed backend
-	ConntrackMs   Num    `json:"conntrack_gone_ms"` // health change to no conntrack entry of the failed backend
-	HeldOnFailed  int    `json:"held_on_failed"`    // long-lived connections that were on the failed backend
+	LastConnMs    Num    `json:"last_new_conn_ms"`    // health change to the start of the last new connection to the failed backend
+	EstablishedMs Num    `json:"established_gone_ms"` // health change to no established conntrack entry of the failed backend (held flows flushed)
+	ConntrackMs   Num    `json:"conntrack_gone_ms"`   // health change to no live conntrack entry of the failed backend
+	HeldOnFailed  int    `json:"held_on_failed"`      // long-lived connections that were on the failed backend
 	ConnsToFailed int    `json:"conns_to_failed"`
 	Conns         int    `json:"conns"`
 	Skipped       string `json:"skipped,omitempty"`
@@ -244,6 +254,27 @@ func writeFile(path string, data []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// FillVsOne sets each point's ratio and VIP rate against those of the
+// same layout with 1 VIP.
+func FillVsOne(points []ScalePoint) {
+	ratio, rate := map[string]float64{}, map[string]float64{}
+	for _, p := range points {
+		if p.VIPs == 1 {
+			ratio[p.Layout], rate[p.Layout] = float64(p.Ratio), float64(p.VIP.Rate.Median)
+		}
+	}
+	for i := range points {
+		p := &points[i]
+		p.VsOne, p.RateVsOne = NaN(), NaN()
+		if base, ok := ratio[p.Layout]; ok {
+			p.VsOne = Num(stats.Ratio(float64(p.Ratio), base))
+		}
+		if base, ok := rate[p.Layout]; ok && len(p.VIP.Rate.Runs) > 0 {
+			p.RateVsOne = Num(stats.Ratio(float64(p.VIP.Rate.Median), base))
+		}
+	}
 }
 
 // Evaluate fills Targets from the measurements: throughput and connection

@@ -265,6 +265,7 @@ type clientOpts struct {
 	workers   int
 	duration  time.Duration // of a plain run, or of all pairs of an A/B run
 	hold      int
+	holdAfter time.Duration
 	untilMark byte
 	bTargets  []netip.AddrPort // A/B run: targets is A, these are B
 	pairs     int
@@ -286,7 +287,7 @@ func (o clientOpts) args() []string {
 		args = append(args, "--b-targets", joinTargets(o.bTargets), "--pairs", strconv.Itoa(o.pairs), "--slice", o.slice.String())
 	}
 	if o.hold > 0 {
-		args = append(args, "--hold", strconv.Itoa(o.hold))
+		args = append(args, "--hold", strconv.Itoa(o.hold), "--hold-after", o.holdAfter.String())
 	}
 	if o.untilMark != 0 {
 		args = append(args, "--until-mark", string(rune(o.untilMark)))
@@ -305,7 +306,7 @@ type clientProc struct {
 // startClient starts a client run in the client namespace, bounded by its
 // duration plus a margin.
 func (e *env) startClient(ctx context.Context, o clientOpts) (*clientProc, error) {
-	ctx, cancel := context.WithTimeout(ctx, o.duration+time.Duration(o.hold)*time.Second+20*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, o.duration+o.holdAfter+time.Duration(o.hold)*100*time.Millisecond+20*time.Second)
 	p := &clientProc{stderr: newLineBuffer(), cancel: cancel}
 	p.cmd = e.cmd(ctx, e.client, e.self, o.args()...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, p.stderr
@@ -315,6 +316,14 @@ func (e *env) startClient(ctx context.Context, o clientOpts) (*clientProc, error
 		return nil, fmt.Errorf("start client: %w", err)
 	}
 	return p, nil
+}
+
+// stop asks the client to finish (SIGTERM): it ends a hold early and
+// still prints its result.
+func (p *clientProc) stop() {
+	if p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
 }
 
 // waitLine waits until the client printed line on stderr.

@@ -44,6 +44,14 @@ type harness struct {
 	daemon   *layout.Daemon
 	kube     layout.Kube
 	loads    map[string][]loadSample // completed loads per layout, for projections
+	stopped  map[string]stopMark     // layouts whose load failed or ran out of time, and at what size
+}
+
+// stopMark records that a layout's load of n VIPs failed: no larger load
+// is attempted.
+type stopMark struct {
+	n   int
+	why string
 }
 
 // minProjectable is the shortest load time that says something about how
@@ -65,7 +73,8 @@ func newHarness(c *config, e *env, res *report.Results, logw io.Writer, work str
 			ServiceCIDR: scenario.Pool4,
 			NodeIP:      e.topo.Agent.Addr4,
 		},
-		loads: map[string][]loadSample{},
+		loads:   map[string][]loadSample{},
+		stopped: map[string]stopMark{},
 	}
 }
 
@@ -286,9 +295,9 @@ func (h *harness) clear(ctx context.Context, l layout.Layout) {
 // skipReason says why a load of n VIPs of the layout is not attempted: a
 // smaller size already failed or timed out, or the load projected from the
 // layout's earlier loads exceeds the budget.
-func (h *harness) skipReason(name string, n int, stopped map[string]string) string {
-	if why := stopped[name]; why != "" {
-		return why
+func (h *harness) skipReason(name string, n int) string {
+	if m, ok := h.stopped[name]; ok && n >= m.n {
+		return m.why
 	}
 	proj, basis := h.project(name, n)
 	if proj > h.cfg.loadBudget.Seconds() {
@@ -320,9 +329,24 @@ func (h *harness) project(name string, n int) (float64, string) {
 	return p, fmt.Sprintf("%.1fs at %d VIPs, growth n^%.1f", last.secs, last.n, e)
 }
 
-// load programs a scenario with a layout, bounded by twice the budget.
+// loadFailed records a failed load: no larger one of the layout is tried.
+// It returns the point's skip reason (the load ran out of time) or error.
+func (h *harness) loadFailed(name string, n int, err error) (skipped, errText string) {
+	if errors.Is(err, context.DeadlineExceeded) {
+		h.stopped[name] = stopMark{n, fmt.Sprintf("a load of %d VIPs already ran out of time", n)}
+		return fmt.Sprintf("load did not finish within %s and was stopped", h.loadLimit()), ""
+	}
+	h.stopped[name] = stopMark{n, fmt.Sprintf("the load of %d VIPs failed", n)}
+	return "", err.Error()
+}
+
+// loadLimit is the hard limit of one load: the budget and half again, for
+// loads whose projection was under the budget but that grow faster.
+func (h *harness) loadLimit() time.Duration { return h.cfg.loadBudget * 3 / 2 }
+
+// load programs a scenario with a layout, bounded by loadLimit.
 func (h *harness) load(ctx context.Context, l layout.Layout, st *scenario.State, n int) (layout.Loaded, error) {
-	lctx, cancel := context.WithTimeout(ctx, 2*h.cfg.loadBudget)
+	lctx, cancel := context.WithTimeout(ctx, h.loadLimit())
 	defer cancel()
 	ld, err := l.Load(lctx, h.env.agent(), st)
 	if err == nil {
@@ -332,17 +356,24 @@ func (h *harness) load(ctx context.Context, l layout.Layout, st *scenario.State,
 }
 
 func (h *harness) scaleLayouts() []layout.Layout {
-	return []layout.Layout{h.l4lb, layout.KubeNFT{Kube: h.kube}, layout.KubeIPTables{Kube: h.kube, Middle: probeName}}
+	var out []layout.Layout
+	for _, l := range []layout.Layout{h.l4lb, layout.KubeNFT{Kube: h.kube}, layout.KubeIPTables{Kube: h.kube, Middle: probeName}} {
+		if h.cfg.layouts[l.Name()] {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func (h *harness) scale(ctx context.Context) error {
 	layouts := h.scaleLayouts()
-	stopped := map[string]string{}
 	for _, n := range h.cfg.sizes {
 		var st *scenario.State
 		for _, l := range layouts {
-			p := report.ScalePoint{Layout: l.Name(), VIPs: n, Backends: fillerBackends, LoadSeconds: report.NaN(), Ratio: report.NaN(), VsOne: report.NaN()}
-			if why := h.skipReason(l.Name(), n, stopped); why != "" {
+			p := report.ScalePoint{Layout: l.Name(), VIPs: n, Backends: fillerBackends, LoadSeconds: report.NaN(),
+				VIP: report.NoConn(), Direct: report.NoConn(), Ratios: report.NewSeries(nil),
+				Ratio: report.NaN(), VsOne: report.NaN(), RateVsOne: report.NaN()}
+			if why := h.skipReason(l.Name(), n); why != "" {
 				p.Skipped = why
 				h.logf("scale %s %d VIPs: skipped: %s", l.Name(), n, why)
 				h.res.Scale = append(h.res.Scale, p)
@@ -356,43 +387,25 @@ func (h *harness) scale(ctx context.Context) error {
 				}
 				h.logf("scale: scenario of %d VIPs built in %s", n, time.Since(t0).Round(time.Millisecond))
 			}
-			h.scalePoint(ctx, l, st, &p, stopped)
+			h.scalePoint(ctx, l, st, &p)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			h.res.Scale = append(h.res.Scale, p)
 		}
 	}
-	// Each layout's ratio against its own ratio with 1 VIP.
-	one := map[string]float64{}
-	for _, p := range h.res.Scale {
-		if p.VIPs == 1 && p.Ratio.Valid() {
-			one[p.Layout] = float64(p.Ratio)
-		}
-	}
-	for i := range h.res.Scale {
-		p := &h.res.Scale[i]
-		if base, ok := one[p.Layout]; ok && p.Ratio.Valid() {
-			p.VsOne = report.Num(stats.Ratio(float64(p.Ratio), base))
-		}
-	}
+	report.FillVsOne(h.res.Scale)
 	return nil
 }
 
-func (h *harness) scalePoint(ctx context.Context, l layout.Layout, st *scenario.State, p *report.ScalePoint, stopped map[string]string) {
+func (h *harness) scalePoint(ctx context.Context, l layout.Layout, st *scenario.State, p *report.ScalePoint) {
 	defer h.clear(ctx, l)
 	ld, err := h.load(ctx, l, st, p.VIPs)
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			p.Skipped = fmt.Sprintf("load did not finish within %s and was stopped", 2*h.cfg.loadBudget)
-			stopped[l.Name()] = fmt.Sprintf("a load of %d VIPs already exceeded the budget", p.VIPs)
-		} else {
-			p.Error = err.Error()
-			stopped[l.Name()] = fmt.Sprintf("the load of %d VIPs failed", p.VIPs)
-		}
+		p.Skipped, p.Error = h.loadFailed(l.Name(), p.VIPs, err)
 		h.logf("scale %s %d VIPs: %s%s", l.Name(), p.VIPs, p.Skipped, p.Error)
 		return
 	}
@@ -484,7 +497,7 @@ func (h *harness) control(ctx context.Context) error {
 		// kube-proxy's nftables mode: nft -f of the whole ruleset, then the
 		// transaction of one service's endpoint change.
 		k := report.ControlPoint{Impl: "kube-nftables", VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
-		if why := h.skipReason(kn.Name(), n, nil); why != "" {
+		if why := h.skipReason(kn.Name(), n); why != "" {
 			k.Skipped = why
 		} else {
 			if err := build(); err != nil {
@@ -507,18 +520,20 @@ func (h *harness) controlDaemon(ctx context.Context, st, changed *scenario.State
 	defer h.clear(ctx, h.daemon)
 	ld, err := h.load(ctx, h.daemon, st, c.VIPs)
 	if err != nil {
-		c.Error = err.Error()
+		c.Skipped, c.Error = h.loadFailed("l4lb daemon", c.VIPs, err)
 		return
 	}
 	c.ColdSeconds = report.Num(ld.Duration.Seconds())
 	if rss, err := h.daemon.RSS(); err == nil {
 		c.RSSBytes = rss
 	}
+	t0 := time.Now()
 	vip, err := h.daemon.VIPAddr(ctx, h.env.agent(), st, probeName)
 	if err != nil {
 		c.Error = err.Error()
 		return
 	}
+	c.VIPsAPIBytes, c.VIPsAPISeconds = h.daemon.LastBodyBytes(), report.Num(time.Since(t0).Seconds())
 	d, err := h.changeWitness(ctx, vip, func() error { return h.daemon.WriteApps(changed.AppsJSON) })
 	if err != nil {
 		c.Error = "change: " + err.Error()
@@ -534,7 +549,7 @@ func (h *harness) controlKubeNFT(ctx context.Context, kn layout.KubeNFT, st, cha
 	defer h.clear(ctx, kn)
 	ld, err := h.load(ctx, kn, st, c.VIPs)
 	if err != nil {
-		c.Error = err.Error()
+		c.Skipped, c.Error = h.loadFailed(kn.Name(), c.VIPs, err)
 		return
 	}
 	c.ColdSeconds = report.Num(ld.Duration.Seconds())
@@ -559,7 +574,7 @@ func (h *harness) controlKubeNFT(ctx context.Context, kn layout.KubeNFT, st, cha
 // --- item 5: convergence --------------------------------------------------
 
 func (h *harness) converge(ctx context.Context) error {
-	c := &report.Convergence{Impl: "l4lb daemon", LastConnMs: report.NaN(), ConntrackMs: report.NaN()}
+	c := &report.Convergence{Impl: "l4lb daemon", LastConnMs: report.NaN(), ConntrackMs: report.NaN(), EstablishedMs: report.NaN()}
 	h.res.Convergence = c
 	if err := h.daemon.Supported(ctx); err != nil {
 		c.Skipped = err.Error()
@@ -588,7 +603,8 @@ func (h *harness) converge(ctx context.Context) error {
 		return nil
 	}
 	mark := string(rune(h.env.markOf(failed)))
-	p, err := h.env.startClient(ctx, clientOpts{targets: []netip.AddrPort{vip}, workers: 2, duration: h.cfg.convergeTime, hold: 40})
+	limit := h.cfg.convergeWait
+	p, err := h.env.startClient(ctx, clientOpts{targets: []netip.AddrPort{vip}, workers: 2, duration: h.cfg.convergeTime, hold: 40, holdAfter: limit})
 	if err != nil {
 		return err
 	}
@@ -607,7 +623,13 @@ func (h *harness) converge(ctx context.Context) error {
 	if err := h.daemon.WriteApps(bad.AppsJSON); err != nil {
 		return err
 	}
-	gone, cerr := h.waitConntrackGone(ctx, failed, t0, 15*time.Second)
+	gone, est, cerr := h.waitConntrackGone(ctx, failed, t0, limit)
+	// The load ends on its own; the holds end when told.
+	select {
+	case <-time.After(time.Until(t0.Add(h.cfg.convergeTime))):
+	case <-ctx.Done():
+	}
+	p.stop()
 	r, rerr := p.result()
 	if rerr != nil {
 		c.Error = rerr.Error()
@@ -617,6 +639,9 @@ func (h *harness) converge(ctx context.Context) error {
 	if last, ok := r.LastNanos[mark]; ok {
 		c.LastConnMs = report.Num(float64(last-t0.UnixNano()) / 1e6)
 	}
+	if est > 0 {
+		c.EstablishedMs = report.Num(float64(est.Microseconds()) / 1e3)
+	}
 	if cerr != nil {
 		c.Error = cerr.Error()
 	} else {
@@ -625,29 +650,56 @@ func (h *harness) converge(ctx context.Context) error {
 	if c.HeldOnFailed == 0 {
 		c.Error = strings.TrimSpace(c.Error + " no held connection landed on the failed backend")
 	}
-	h.logf("convergence: last new connection to the failed backend %.0f ms after the change, its conntrack entries gone after %.0f ms (%d held on it) %s",
-		float64(c.LastConnMs), float64(c.ConntrackMs), c.HeldOnFailed, c.Error)
+	h.logf("convergence: last new connection to the failed backend %.0f ms after the change, its established conntrack entries gone after %.0f ms, all live ones after %.0f ms (%d held on it) %s",
+		float64(c.LastConnMs), float64(c.EstablishedMs), float64(c.ConntrackMs), c.HeldOnFailed, c.Error)
 	return nil
 }
 
-// waitConntrackGone polls the agent's conntrack table until no entry's
-// reply comes from backend, and returns the time since t0.
-func (h *harness) waitConntrackGone(ctx context.Context, backend netip.AddrPort, t0 time.Time, limit time.Duration) (time.Duration, error) {
+// waitConntrackGone polls the agent's conntrack table until no live entry
+// (timeout above zero: expired entries are listed until the garbage
+// collector takes them, but no packet matches them) has its reply from
+// backend. It returns the time since t0 when none is left, and when no
+// established entry was left (the held connections flushed).
+func (h *harness) waitConntrackGone(ctx context.Context, backend netip.AddrPort, t0 time.Time, limit time.Duration) (live, established time.Duration, err error) {
 	deadline := t0.Add(limit)
 	for time.Now().Before(deadline) {
 		out, err := h.env.agent().Run("conntrack", "-L", "-p", "tcp", "--reply-src", backend.Addr().String(),
 			"--reply-port-src", strconv.Itoa(int(backend.Port())))
 		if err != nil {
-			return 0, fmt.Errorf("conntrack -L: %w", err)
+			return 0, 0, fmt.Errorf("conntrack -L: %w", err)
 		}
-		if strings.TrimSpace(out) == "" {
-			return time.Since(t0), nil
+		n, est := countConntrack(out)
+		if est == 0 && established == 0 {
+			established = time.Since(t0)
+		}
+		if n == 0 {
+			return time.Since(t0), established, nil
 		}
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return 0, fmt.Errorf("conntrack entries of %s still there %s after the change", backend, limit)
+	return 0, established, fmt.Errorf("live conntrack entries of %s still there %s after the change", backend, limit)
+}
+
+// countConntrack counts the live entries of `conntrack -L` output
+// ("tcp 6 TIMEOUT STATE src=..."), and those of them that are
+// established.
+func countConntrack(out string) (live, established int) {
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "tcp" {
+			continue
+		}
+		if t, err := strconv.Atoi(f[2]); err != nil || t <= 0 {
+			continue
+		}
+		live++
+		if f[3] == "ESTABLISHED" {
+			established++
+		}
+	}
+	return live, established
 }

@@ -87,6 +87,7 @@ func cmdConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	duration := fs.Duration("duration", time.Second, "how long to open new connections")
 	timeout := fs.Duration("timeout", time.Second, "per connection: connect and first byte")
 	hold := fs.Int("hold", 0, "connections to open first and hold until the end")
+	holdAfter := fs.Duration("hold-after", 0, "keep held connections open this long after the run, or until signalled")
 	until := fs.String("until-mark", "", "stop at the first connection answered with this byte")
 	bTargets := fs.String("b-targets", "", "ADDR:PORT,... : a second target set; alternate --targets (A) and these (B) in slices")
 	pairs := fs.Int("pairs", 3, "with --b-targets: pairs of slices")
@@ -94,7 +95,7 @@ func cmdConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := load.ClientConfig{Workers: *workers, Duration: *duration, Timeout: *timeout, Hold: *hold}
+	cfg := load.ClientConfig{Workers: *workers, Duration: *duration, Timeout: *timeout, Hold: *hold, HoldAfter: *holdAfter}
 	var err error
 	if cfg.Targets, err = parseTargets(*targets); err != nil {
 		return err

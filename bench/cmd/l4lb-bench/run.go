@@ -34,13 +34,17 @@ type config struct {
 	scalePairs   int           // pairs at each size of item 3
 	scaleSlice   time.Duration
 	iperfTime    time.Duration // per iperf3 run
-	convergeTime time.Duration
+	convergeTime time.Duration // load after the health change
+	convergeWait time.Duration // longest wait for conntrack entries to go
 	sizes        []int
 	controlSizes []int
 	loadBudget   time.Duration
 	apiPort      int
 	nice         int
+	layouts      map[string]bool // layouts of the scale item
 }
+
+var allLayouts = []string{"l4lb", "kube-nftables", "kube-iptables"}
 
 var allItems = []string{"throughput", "conn", "scale", "control", "converge"}
 
@@ -52,7 +56,7 @@ func (c *config) defaults() error {
 		c.runs, c.workers = 3, 4
 		c.connPairs, c.connSlice = 20, 150*time.Millisecond
 		c.scalePairs, c.scaleSlice = 10, 150*time.Millisecond
-		c.iperfTime, c.convergeTime = time.Second, 3*time.Second
+		c.iperfTime, c.convergeTime, c.convergeWait = time.Second, 3*time.Second, 5*time.Second
 		c.sizes = []int{1, 1000, 2000}
 		c.controlSizes = []int{1000}
 		c.loadBudget = 15 * time.Second
@@ -60,7 +64,7 @@ func (c *config) defaults() error {
 		c.runs, c.workers = 7, 4
 		c.connPairs, c.connSlice = 60, 250*time.Millisecond
 		c.scalePairs, c.scaleSlice = 30, 200*time.Millisecond
-		c.iperfTime, c.convergeTime = 3*time.Second, 6*time.Second
+		c.iperfTime, c.convergeTime, c.convergeWait = 3*time.Second, 6*time.Second, 15*time.Second
 		c.sizes = []int{1, 1000, 2000, 5000, 10000, 20000, 50000}
 		c.controlSizes = []int{1000, 10000, 50000}
 		c.loadBudget = 120 * time.Second
@@ -93,6 +97,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&c.l4lb, "l4lb", "auto", "how l4lb's data path is programmed: nft (nat.Compile text with nft -f), daemon (l4lb run), auto (daemon when bin/l4lb has run)")
 	fs.StringVar(&c.client, "client", "container", "where clients run: container (forwarded by the agent, prerouting) or agent (local, output)")
 	items := fs.String("items", strings.Join(allItems, ","), "items to run: "+strings.Join(allItems, ","))
+	layouts := fs.String("layouts", strings.Join(allLayouts, ","), "layouts of the scale item: "+strings.Join(allLayouts, ","))
 	runs := fs.Int("runs", 0, "iperf3 runs through the VIP and direct (0: the mode's)")
 	pairs := fs.Int("pairs", 0, "VIP/direct slice pairs of the connection items (0: the mode's)")
 	workers := fs.Int("workers", 0, "client workers (0: the mode's)")
@@ -120,6 +125,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return fmt.Errorf("--items: unknown item %q", it)
 		}
 		c.items[it] = true
+	}
+	c.layouts = map[string]bool{}
+	for _, l := range strings.Split(*layouts, ",") {
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		if !contains(allLayouts, l) {
+			return fmt.Errorf("--layouts: unknown layout %q", l)
+		}
+		c.layouts[l] = true
 	}
 	if *runs > 0 {
 		c.runs = *runs
