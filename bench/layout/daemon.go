@@ -52,6 +52,9 @@ func (d *Daemon) LastBodyBytes() int { return d.lastBody }
 // Name implements Layout.
 func (*Daemon) Name() string { return "l4lb" }
 
+// Loader implements Layout.
+func (*Daemon) Loader() string { return "l4lb run" }
+
 // AppsPath is the daemon's file source.
 func (d *Daemon) AppsPath() string { return filepath.Join(d.Dir, "apps.json") }
 

@@ -26,6 +26,9 @@ type Layout interface {
 	// Name identifies the layout in results: l4lb, kube-nftables,
 	// kube-iptables.
 	Name() string
+	// Loader names how the rules reach the kernel: "l4lb run", "nft -f",
+	// "iptables-restore".
+	Loader() string
 	// Load programs the scenario into the agent's namespace, replacing what
 	// the layout programmed before, and returns how long the kernel took.
 	Load(ctx context.Context, agent *netns.NS, st *scenario.State) (Loaded, error)
@@ -104,6 +107,9 @@ type NFT struct{}
 // Name implements Layout.
 func (NFT) Name() string { return "l4lb" }
 
+// Loader implements Layout.
+func (NFT) Loader() string { return "nft -f" }
+
 // Load implements Layout.
 func (NFT) Load(ctx context.Context, agent *netns.NS, st *scenario.State) (Loaded, error) {
 	if err := (NFT{}).Clear(ctx, agent); err != nil {
@@ -152,6 +158,9 @@ type KubeNFT struct{ Kube Kube }
 
 // Name implements Layout.
 func (KubeNFT) Name() string { return "kube-nftables" }
+
+// Loader implements Layout.
+func (KubeNFT) Loader() string { return "nft -f" }
 
 // Load implements Layout.
 func (l KubeNFT) Load(ctx context.Context, agent *netns.NS, st *scenario.State) (Loaded, error) {
@@ -212,6 +221,14 @@ type KubeIPTables struct {
 
 // Name implements Layout.
 func (KubeIPTables) Name() string { return "kube-iptables" }
+
+// Loader implements Layout.
+func (KubeIPTables) Loader() string {
+	if b := IPTablesBackend(); b != "" {
+		return "iptables-restore, " + b
+	}
+	return "iptables-restore"
+}
 
 // Load implements Layout.
 func (l KubeIPTables) Load(ctx context.Context, agent *netns.NS, st *scenario.State) (Loaded, error) {

@@ -276,57 +276,53 @@ func runSlice(ctx context.Context, stop func(), cfg ClientConfig, targets []neti
 	return res
 }
 
-// ABConfig alternates two target sets in slices: pair i runs A then B when
-// i is even and B then A when it is odd, so that both sample the same
-// background load of a shared machine.
-type ABConfig struct {
-	A, B    []netip.AddrPort
+// RoundsConfig alternates several target sets in slices: round i runs the
+// sets in order when i is even and in reverse order when it is odd (ABBA
+// for two sets), so that every set samples the same background load of a
+// shared machine.
+type RoundsConfig struct {
+	Sets    [][]netip.AddrPort
 	Workers int
 	Timeout time.Duration
-	Pairs   int
+	Rounds  int
 	Slice   time.Duration
 }
 
-// ABResult holds one result per pair for each side: A[i] and B[i] ran
-// back to back.
-type ABResult struct {
-	A []ClientResult `json:"a"`
-	B []ClientResult `json:"b"`
+// RoundsResult holds one result per set and round: Sets[k][i] is set k in
+// round i, run back to back with the other sets of that round.
+type RoundsResult struct {
+	Sets [][]ClientResult `json:"sets"`
 }
 
-// RunAB runs the pairs of slices.
-func RunAB(ctx context.Context, cfg ABConfig) (ABResult, error) {
-	if len(cfg.A) == 0 || len(cfg.B) == 0 || cfg.Workers < 1 || cfg.Pairs < 1 || cfg.Slice <= 0 {
-		return ABResult{}, errors.New("ab client: need both target sets, workers >= 1, pairs >= 1 and a slice length")
+// RunRounds runs the rounds of slices.
+func RunRounds(ctx context.Context, cfg RoundsConfig) (RoundsResult, error) {
+	if len(cfg.Sets) == 0 || cfg.Workers < 1 || cfg.Rounds < 1 || cfg.Slice <= 0 {
+		return RoundsResult{}, errors.New("rounds: need target sets, workers >= 1, rounds >= 1 and a slice length")
+	}
+	for k, set := range cfg.Sets {
+		if len(set) == 0 {
+			return RoundsResult{}, fmt.Errorf("rounds: target set %d is empty", k)
+		}
 	}
 	cc := ClientConfig{Workers: cfg.Workers, Timeout: cfg.Timeout}
 	if cc.Timeout <= 0 {
 		cc.Timeout = time.Second
 	}
-	var res ABResult
-	for i := range cfg.Pairs {
-		order := []bool{true, false}
-		if i%2 == 1 {
-			order = []bool{false, true}
-		}
-		var a, b ClientResult
-		for _, isA := range order {
+	res := RoundsResult{Sets: make([][]ClientResult, len(cfg.Sets))}
+	for k := range res.Sets {
+		res.Sets[k] = make([]ClientResult, cfg.Rounds)
+	}
+	for i := range cfg.Rounds {
+		for j := range cfg.Sets {
+			k := j
+			if i%2 == 1 {
+				k = len(cfg.Sets) - 1 - j
+			}
 			if ctx.Err() != nil {
 				return res, ctx.Err()
 			}
-			targets := cfg.B
-			if isA {
-				targets = cfg.A
-			}
-			r := runSlice(ctx, func() {}, cc, targets, cfg.Slice)
-			if isA {
-				a = r
-			} else {
-				b = r
-			}
+			res.Sets[k][i] = runSlice(ctx, func() {}, cc, cfg.Sets[k], cfg.Slice)
 		}
-		res.A = append(res.A, a)
-		res.B = append(res.B, b)
 	}
 	return res, ctx.Err()
 }

@@ -126,22 +126,34 @@ func TestParseIperf(t *testing.T) {
 	}
 }
 
-func TestRunAB(t *testing.T) {
-	addrs := serveLoopback(t, 'A', 'B')
-	res, err := RunAB(context.Background(), ABConfig{A: addrs[:1], B: addrs[1:], Workers: 2, Pairs: 3, Slice: 50 * time.Millisecond})
+func TestRunRounds(t *testing.T) {
+	addrs := serveLoopback(t, 'A', 'B', 'C')
+	sets := [][]netip.AddrPort{addrs[:1], addrs[1:2], addrs[2:]}
+	res, err := RunRounds(context.Background(), RoundsConfig{Sets: sets, Workers: 2, Rounds: 3, Slice: 40 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.A) != 3 || len(res.B) != 3 {
-		t.Fatalf("%d A and %d B slices, want 3 each", len(res.A), len(res.B))
+	if len(res.Sets) != 3 {
+		t.Fatalf("%d sets", len(res.Sets))
 	}
-	for i := range 3 {
-		if res.A[i].ByMark["A"] == 0 || res.A[i].ByMark["B"] != 0 || res.B[i].ByMark["B"] == 0 || res.B[i].ByMark["A"] != 0 {
-			t.Errorf("pair %d: A slice %v, B slice %v", i, res.A[i].ByMark, res.B[i].ByMark)
+	for k, mark := range []string{"A", "B", "C"} {
+		if len(res.Sets[k]) != 3 {
+			t.Fatalf("set %d has %d rounds", k, len(res.Sets[k]))
+		}
+		for i, r := range res.Sets[k] {
+			if r.ByMark[mark] == 0 || r.ByMark[mark] != r.Conns {
+				t.Errorf("set %d round %d reached %v", k, i, r.ByMark)
+			}
 		}
 	}
-	// Pair 0 runs A first, pair 1 runs B first.
-	if !(res.A[0].StartNs < res.B[0].StartNs && res.B[1].StartNs < res.A[1].StartNs) {
-		t.Errorf("slices not in ABBA order: %d %d / %d %d", res.A[0].StartNs, res.B[0].StartNs, res.A[1].StartNs, res.B[1].StartNs)
+	// Round 0 runs A, B, C; round 1 runs C, B, A.
+	if !(res.Sets[0][0].StartNs < res.Sets[1][0].StartNs && res.Sets[1][0].StartNs < res.Sets[2][0].StartNs) {
+		t.Error("round 0 not in order")
+	}
+	if !(res.Sets[2][1].StartNs < res.Sets[1][1].StartNs && res.Sets[1][1].StartNs < res.Sets[0][1].StartNs) {
+		t.Error("round 1 not in reverse order")
+	}
+	if _, err := RunRounds(context.Background(), RoundsConfig{Sets: [][]netip.AddrPort{addrs, nil}, Workers: 1, Rounds: 1, Slice: time.Millisecond}); err == nil {
+		t.Error("an empty set accepted")
 	}
 }

@@ -50,14 +50,15 @@ func note(parts ...string) string {
 }
 
 // Markdown writes the results as tables for people. plotDir is the path
-// of the plots relative to where the Markdown is shown ("" for none).
-func (r *Results) Markdown(w io.Writer, plotDir string) error {
+// of the plots relative to where the Markdown is shown ("" for none),
+// prefix starts their file names.
+func (r *Results) Markdown(w io.Writer, plotDir, prefix string) error {
 	ew := &errWriter{w: w}
 	m := r.Meta
 	ew.printf("Run of %s (%s mode), l4lb %s%s, kernel %s, %d CPUs, %s, %s; l4lb rules via %s. "+
-		"Clients run in the %s namespace. Connection figures: %d workers, VIP and direct alternate in slices "+
-		"within one client (%d pairs of %gs for new connections, %d pairs of %gs at each scale point); "+
-		"iperf3: %d runs of %gs each way, alternating. Figures are medians; ratio = median of the VIP/direct ratios of back-to-back pairs.\n\n",
+		"Clients run in the %s namespace. Connection figures: %d workers; VIP, direct and untracked reference alternate in slices "+
+		"within one client (%d rounds of %gs slices for new connections, %d rounds of %gs at each scale point); "+
+		"iperf3: %d runs of %gs each way, alternating. Figures are medians; ratios are medians of the ratios within each round.\n\n",
 		m.Date, m.Mode, shortCommit(m.Commit), dirty(m.Dirty), m.Kernel, m.CPUs, m.NFT, m.IPTables, m.L4LBDataPath,
 		m.Client, m.Workers, m.ConnPairs, m.ConnSlice, m.ScalePairs, m.ScaleSlice, m.Runs, m.IperfSeconds)
 
@@ -83,22 +84,29 @@ func (r *Results) Markdown(w io.Writer, plotDir string) error {
 	}
 
 	if c := r.ConnRate; c != nil {
-		ew.printf("\n**New connections** (connect, read one byte, close; 10 backends):\n\n")
+		ew.printf("\n**New connections** (connect, read one byte, close; 10 backends; the untracked reference is direct " +
+			"connections to ports the agent exempts from conntrack, so no nat rule sees them):\n\n")
 		ew.printf("| path | conns/s | p50 µs | p99 µs | errors |\n|---|---|---|---|---|\n")
-		ew.printf("| VIP | %s | %s | %s | %d |\n", thousands(c.VIP.Rate.Median), f(c.VIP.P50us.Median, 0), f(c.VIP.P99us.Median, 0), c.VIP.Errors)
-		ew.printf("| direct | %s | %s | %s | %d |\n", thousands(c.Direct.Rate.Median), f(c.Direct.P50us.Median, 0), f(c.Direct.P99us.Median, 0), c.Direct.Errors)
+		for _, row := range []struct {
+			name string
+			c    Conn
+		}{{"VIP", c.VIP}, {"direct", c.Direct}, {"untracked reference", c.Reference}} {
+			ew.printf("| %s | %s | %s | %s | %d |\n", row.name, thousands(row.c.Rate.Median), f(row.c.P50us.Median, 0), f(row.c.P99us.Median, 0), row.c.Errors)
+		}
 		ew.printf("| VIP/direct | %s | | | %s |\n", f(c.Ratio, 3), note(c.Error))
+		ew.printf("| VIP/reference | %s | | | |\n", f(c.RefRatio, 3))
 	}
 
 	if len(r.Scale) > 0 {
 		ew.printf("\n**Data-path scale**: new connections through one VIP with N VIPs of 10 backends installed. " +
 			"Direct connections cross the same agent with the same rules loaded (in kube-proxy's iptables mode every new " +
-			"connection walks KUBE-SERVICES, so direct ones slow down too). ratio = VIP/direct at that size; " +
-			"ratio vs 1 = that ratio over the layout's ratio with 1 VIP; rate vs 1 = the VIP rate over the layout's VIP rate with 1 VIP:\n\n")
-		ew.printf("| layout | VIPs | load s | VIP conns/s | direct conns/s | ratio | ratio vs 1 | rate vs 1 | VIP p50 µs | VIP p99 µs | note |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+			"connection walks KUBE-SERVICES, so they slow down too); the untracked reference is the same for every layout and size. " +
+			"VIP/ref = median of the per-round VIP/reference ratios; vs 1 = VIP/ref over the layout's VIP/ref with 1 VIP:\n\n")
+		ew.printf("| layout | VIPs | load s | VIP conns/s | direct conns/s | ref conns/s | VIP/direct | VIP/ref | vs 1 | VIP p50 µs | VIP p99 µs | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Scale {
-			ew.printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.Layout, size(p.VIPs), f(p.LoadSeconds, 2),
-				thousands(p.VIP.Rate.Median), thousands(p.Direct.Rate.Median), f(p.Ratio, 3), f(p.VsOne, 3), f(p.RateVsOne, 3),
+			ew.printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", withLoader(p.Layout, p.Loader), size(p.VIPs), f(p.LoadSeconds, 2),
+				thousands(p.VIP.Rate.Median), thousands(p.Direct.Rate.Median), thousands(p.Reference.Rate.Median),
+				f(p.Ratio, 3), f(p.RefRatio, 3), f(p.VsOne, 3),
 				f(p.VIP.P50us.Median, 0), f(p.VIP.P99us.Median, 0), note(p.Skipped, p.Error))
 		}
 	}
@@ -115,7 +123,7 @@ func (r *Results) Markdown(w io.Writer, plotDir string) error {
 			if c.VIPsAPIBytes > 0 {
 				api = fmt.Sprintf("%.1f MiB in %ss", float64(c.VIPsAPIBytes)/(1<<20), f(c.VIPsAPISeconds, 2))
 			}
-			ew.printf("| %s | %s | %s | %s | %s | %s | %s |\n", c.Impl, size(c.VIPs), f(c.ColdSeconds, 2), f(c.ChangeSeconds, 3), rss, api, note(c.Skipped, c.Error))
+			ew.printf("| %s | %s | %s | %s | %s | %s | %s |\n", withLoader(c.Impl, c.Loader), size(c.VIPs), f(c.ColdSeconds, 2), f(c.ChangeSeconds, 3), rss, api, note(c.Skipped, c.Error))
 		}
 	}
 
@@ -126,8 +134,8 @@ func (r *Results) Markdown(w io.Writer, plotDir string) error {
 	}
 
 	if plotDir != "" {
-		ew.printf("\n![connection rate against the number of VIPs](%s)\n", joinPath(plotDir, PlotConnRate))
-		ew.printf("![programming time against the number of VIPs](%s)\n", joinPath(plotDir, PlotProgramming))
+		ew.printf("\n![connection rate against the number of VIPs](%s)\n", joinPath(plotDir, prefix+PlotConnRate))
+		ew.printf("![programming time against the number of VIPs](%s)\n", joinPath(plotDir, prefix+PlotProgramming))
 	}
 	return ew.err
 }

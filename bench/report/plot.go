@@ -19,7 +19,6 @@ var styles = map[string]struct {
 	shape draw.GlyphDrawer
 }{
 	"l4lb":                 {color.RGBA{R: 0x1b, G: 0x9e, B: 0x77, A: 255}, draw.CircleGlyph{}},
-	"l4lb daemon":          {color.RGBA{R: 0x1b, G: 0x9e, B: 0x77, A: 255}, draw.BoxGlyph{}},
 	"kube-nftables":        {color.RGBA{R: 0xd9, G: 0x5f, B: 0x02, A: 255}, draw.TriangleGlyph{}},
 	"kube-iptables":        {color.RGBA{R: 0x75, G: 0x70, B: 0xb3, A: 255}, draw.PyramidGlyph{}},
 	"kube-nftables update": {color.RGBA{R: 0xd9, G: 0x5f, B: 0x02, A: 255}, draw.RingGlyph{}},
@@ -41,12 +40,13 @@ type series struct {
 	colorOf string // take the colour of this series name (default: its own)
 }
 
-// Plots draws the two PNG plots into dir.
-func (r *Results) Plots(dir string) error {
-	if err := r.plotConnRate(filepath.Join(dir, PlotConnRate)); err != nil {
+// Plots draws the two PNG plots into dir, their file names starting with
+// prefix.
+func (r *Results) Plots(dir, prefix string) error {
+	if err := r.plotConnRate(filepath.Join(dir, prefix+PlotConnRate)); err != nil {
 		return err
 	}
-	return r.plotProgramming(filepath.Join(dir, PlotProgramming))
+	return r.plotProgramming(filepath.Join(dir, prefix+PlotProgramming))
 }
 
 func (r *Results) plotConnRate(path string) error {
@@ -57,17 +57,17 @@ func (r *Results) plotConnRate(path string) error {
 			if p.Layout != l {
 				continue
 			}
-			if p.VIP.Rate.Median.Valid() {
-				vip.points = append(vip.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.VIP.Rate.Median)})
+			if p.RefRatio.Valid() {
+				vip.points = append(vip.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.RefRatio)})
 			}
-			if p.Direct.Rate.Median.Valid() {
-				direct.points = append(direct.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.Direct.Rate.Median)})
+			if p.DirectToRef.Valid() {
+				direct.points = append(direct.points, plotter.XY{X: float64(p.VIPs), Y: float64(p.DirectToRef)})
 			}
 		}
 		lines = append(lines, vip, direct)
 	}
 	return drawPlot(path, "New connections through one VIP (solid) and direct (dashed)", "VIPs installed (10 backends each)",
-		"connections/s (median)", lines, false, r.subtitle())
+		"rate / untracked reference rate (median)", lines, false, r.subtitle(), false)
 }
 
 func (r *Results) plotProgramming(path string) error {
@@ -82,18 +82,32 @@ func (r *Results) plotProgramming(path string) error {
 		}
 		byImpl[name] = append(byImpl[name], plotter.XY{X: float64(n), Y: float64(secs)})
 	}
+	colour := map[string]string{}
 	for _, p := range r.Scale {
-		add(p.Layout, p.VIPs, p.LoadSeconds)
+		name := withLoader(p.Layout, p.Loader)
+		colour[name] = p.Layout
+		add(name, p.VIPs, p.LoadSeconds)
 	}
 	for _, c := range r.Control {
-		add(c.Impl, c.VIPs, c.ColdSeconds)
+		name := withLoader(c.Impl, c.Loader)
+		if _, ok := colour[name]; !ok {
+			colour[name] = c.Impl
+		}
+		add(name, c.VIPs, c.ColdSeconds)
 	}
 	var lines []series
 	for _, name := range order {
-		lines = append(lines, series{name: name, points: medianBy(byImpl[name])})
+		lines = append(lines, series{name: name, points: medianBy(byImpl[name]), colorOf: colour[name]})
 	}
 	return drawPlot(path, "Programming all VIPs from scratch", "VIPs (10 backends each)",
-		"seconds (log)", lines, true, r.subtitle())
+		"seconds (log)", lines, true, r.subtitle(), true)
+}
+
+func withLoader(name, loader string) string {
+	if loader == "" {
+		return name
+	}
+	return name + " (" + loader + ")"
 }
 
 func (r *Results) subtitle() string {
@@ -149,7 +163,7 @@ func humanNumber(v float64) string {
 	return fmt.Sprintf("%g", v)
 }
 
-func drawPlot(path, title, xlabel, ylabel string, lines []series, logY bool, subtitle string) error {
+func drawPlot(path, title, xlabel, ylabel string, lines []series, logY bool, subtitle string, legendTop bool) error {
 	p := plot.New()
 	p.Title.Text = title + "\n" + subtitle
 	p.X.Label.Text = xlabel
@@ -162,8 +176,12 @@ func drawPlot(path, title, xlabel, ylabel string, lines []series, logY bool, sub
 	} else {
 		p.Y.Min = 0
 	}
-	p.Legend.Top = true
+	p.Legend.Top = legendTop
 	p.Legend.Left = true
+	p.Legend.XOffs, p.Legend.YOffs = vg.Points(8), vg.Points(-4)
+	if !legendTop {
+		p.Legend.YOffs = vg.Points(8)
+	}
 	p.Add(plotter.NewGrid())
 	minX, maxX, drawn := math.Inf(1), math.Inf(-1), false
 	for i, s := range lines {

@@ -34,17 +34,18 @@ func (r *Results) UpdateReadme(path, plotDir string) error {
 		return fmt.Errorf("read readme: %w", err)
 	}
 	var b bytes.Buffer
-	if err := r.Markdown(&b, plotDir); err != nil {
+	if err := r.Markdown(&b, plotDir, ""); err != nil {
 		return err
 	}
 	return writeFile(path, []byte(SpliceReadme(string(old), b.String())))
 }
 
-// WriteMarkdown writes latest.md with the plots beside it.
-func (r *Results) WriteMarkdown(path string) error {
+// WriteMarkdown writes the Markdown to path, with plots beside it whose
+// names start with prefix.
+func (r *Results) WriteMarkdown(path, prefix string) error {
 	var b bytes.Buffer
 	b.WriteString("# l4lb benchmark results\n\n")
-	if err := r.Markdown(&b, "."); err != nil {
+	if err := r.Markdown(&b, ".", prefix); err != nil {
 		return err
 	}
 	return writeFile(path, b.Bytes())

@@ -28,21 +28,23 @@ func sample() *Results {
 		{"l4lb", 1, 9000, 0.01, ""}, {"l4lb", 1000, 8900, 0.2, ""}, {"l4lb", 50000, 8800, 12, ""},
 		{"kube-iptables", 1, 9000, 0.04, ""}, {"kube-iptables", 1000, 4000, 0.9, ""}, {"kube-iptables", 50000, 0, 0, "load projected at 300s exceeds the budget"},
 	} {
-		sp := ScalePoint{Layout: p.l, VIPs: p.n, LoadSeconds: Num(p.load), Skipped: p.skip, Ratio: NaN(), VsOne: NaN(),
-			VIP: NoConn(), Direct: NoConn(), Ratios: NewSeries(nil)}
+		sp := NewScalePoint(p.l, "", p.n, 10)
+		sp.LoadSeconds, sp.Skipped = Num(p.load), p.skip
 		if p.skip == "" {
 			sp.VIP = Conn{Rate: NewSeries([]float64{p.rate})}
 			sp.Direct = Conn{Rate: NewSeries([]float64{9500})}
 			sp.Ratio = Num(p.rate / 9500)
+			sp.RefRatio = Num(p.rate / 10000)
+			sp.DirectToRef = 0.95
 		} else {
 			sp.LoadSeconds = NaN()
 		}
 		r.Scale = append(r.Scale, sp)
 	}
 	FillVsOne(r.Scale)
-	r.Control = []ControlPoint{{Impl: "l4lb daemon", VIPs: 1000, ColdSeconds: NaN(), ChangeSeconds: NaN(), Skipped: "bin/l4lb has no `run` | yet"},
-		{Impl: "kube-nftables", VIPs: 1000, ColdSeconds: 1.0, ChangeSeconds: 0.05}}
-	r.Convergence = &Convergence{Impl: "l4lb daemon", LastConnMs: NaN(), ConntrackMs: NaN(), Skipped: "no daemon"}
+	r.Control = []ControlPoint{{Impl: "l4lb", Loader: "l4lb run", VIPs: 1000, ColdSeconds: NaN(), ChangeSeconds: NaN(), Skipped: "bin/l4lb has no `run` | yet"},
+		{Impl: "kube-nftables", Loader: "nft -f", VIPs: 1000, ColdSeconds: 1.0, ChangeSeconds: 0.05}}
+	r.Convergence = &Convergence{Impl: "l4lb daemon", LastConnMs: NaN(), ConntrackMs: NaN(), EstablishedMs: NaN(), Skipped: "no daemon"}
 	r.Evaluate()
 	return r
 }
@@ -107,14 +109,14 @@ func TestWriteAndRead(t *testing.T) {
 
 func TestMarkdown(t *testing.T) {
 	var b bytes.Buffer
-	if err := sample().Markdown(&b, "bench/results"); err != nil {
+	if err := sample().Markdown(&b, "bench/results", ""); err != nil {
 		t.Fatal(err)
 	}
 	md := b.String()
 	for _, want := range []string{
 		"| kube-iptables | 50,000 | – |",
 		"load projected at 300s exceeds the budget",
-		"| l4lb | 1,000 | 0.20 | 8,900 | 9,500 | 0.937 |",
+		"| l4lb | 1,000 | 0.20 | 8,900 | 9,500 | – | 0.937 | 0.890 | 0.989 |",
 		"bin/l4lb has no `run` / yet", // a | inside a note must not break the table
 		"![connection rate against the number of VIPs](bench/results/conn-rate.png)",
 		"| new connections VIP/direct | 0.800 | >= 0.9 | **no** |",
@@ -156,7 +158,7 @@ func TestSpliceReadme(t *testing.T) {
 
 func TestPlots(t *testing.T) {
 	dir := t.TempDir()
-	if err := sample().Plots(dir); err != nil {
+	if err := sample().Plots(dir, ""); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{PlotConnRate, PlotProgramming} {
@@ -175,7 +177,7 @@ func TestPlots(t *testing.T) {
 	}
 	// Nothing measured still draws.
 	empty := &Results{}
-	if err := empty.Plots(dir); err != nil {
+	if err := empty.Plots(dir, "x-"); err != nil {
 		t.Errorf("empty results: %v", err)
 	}
 }
@@ -183,7 +185,7 @@ func TestPlots(t *testing.T) {
 func TestFillVsOne(t *testing.T) {
 	r := sample()
 	p := r.Scale[2] // l4lb, 50000 VIPs
-	if math.Abs(float64(p.VsOne)-8800.0/9000) > 1e-9 || math.Abs(float64(p.RateVsOne)-8800.0/9000) > 1e-9 {
+	if math.Abs(float64(p.VsOne)-8800.0/9000) > 1e-9 || math.Abs(float64(p.RateVsOne)-8800.0/9000) > 1e-9 || p.Loader != "" {
 		t.Errorf("vs one: ratio %v rate %v", p.VsOne, p.RateVsOne)
 	}
 	if r.Scale[5].VsOne.Valid() || r.Scale[5].RateVsOne.Valid() {

@@ -98,9 +98,9 @@ type Meta struct {
 	Nice            int               `json:"nice"`
 	Workers         int               `json:"workers"`
 	Runs            int               `json:"iperf_runs"`
-	ConnPairs       int               `json:"conn_pairs"`
+	ConnPairs       int               `json:"conn_rounds"`
 	ConnSlice       float64           `json:"conn_slice_seconds"`
-	ScalePairs      int               `json:"scale_pairs"`
+	ScalePairs      int               `json:"scale_rounds"`
 	ScaleSlice      float64           `json:"scale_slice_seconds"`
 	IperfSeconds    float64           `json:"iperf_seconds"`
 	LoadBudget      float64           `json:"load_budget_seconds"`
@@ -134,17 +134,21 @@ func NoConn() Conn {
 
 // ConnRate compares new connections through a VIP and directly.
 type ConnRate struct {
-	VIP    Conn   `json:"vip"`
-	Direct Conn   `json:"direct"`
-	Ratios Series `json:"pair_ratios"` // VIP/direct of each back-to-back pair
-	Ratio  Num    `json:"ratio"`       // median of the pair ratios
-	Error  string `json:"error,omitempty"`
+	VIP       Conn   `json:"vip"`
+	Direct    Conn   `json:"direct"`
+	Reference Conn   `json:"untracked_reference"` // direct, to ports the agent does not track
+	Ratios    Series `json:"pair_ratios"`         // VIP/direct of each round
+	Ratio     Num    `json:"ratio"`               // median of the pair ratios
+	RefRatios Series `json:"reference_ratios"`    // VIP/untracked reference of each round
+	RefRatio  Num    `json:"ratio_to_reference"`  // their median
+	Error     string `json:"error,omitempty"`
 }
 
 // ScalePoint is the connection rate through one VIP with N VIPs of one
 // layout installed.
 type ScalePoint struct {
 	Layout      string `json:"layout"`
+	Loader      string `json:"loader"` // how the rules reach the kernel
 	VIPs        int    `json:"vips"`
 	Backends    int    `json:"backends_per_vip"`
 	LoadSeconds Num    `json:"load_seconds"`
@@ -153,15 +157,27 @@ type ScalePoint struct {
 	Error       string `json:"error,omitempty"`
 	VIP         Conn   `json:"vip"`
 	Direct      Conn   `json:"direct"`
-	Ratios      Series `json:"pair_ratios"`     // VIP/direct of each back-to-back pair at this size
-	Ratio       Num    `json:"ratio"`           // median of the pair ratios
-	VsOne       Num    `json:"ratio_vs_one"`    // Ratio / Ratio of the same layout with 1 VIP
-	RateVsOne   Num    `json:"vip_rate_vs_one"` // median VIP rate / that of the same layout with 1 VIP (not normalized by direct runs)
+	Reference   Conn   `json:"untracked_reference"` // direct, to ports the agent does not track: the same for every layout
+	Ratios      Series `json:"pair_ratios"`         // VIP/direct of each round at this size
+	Ratio       Num    `json:"ratio"`               // median of the pair ratios
+	RefRatios   Series `json:"reference_ratios"`    // VIP/untracked reference of each round
+	RefRatio    Num    `json:"ratio_to_reference"`  // their median
+	DirectToRef Num    `json:"direct_to_reference"` // median of direct/untracked reference of each round
+	VsOne       Num    `json:"ratio_vs_one"`        // RefRatio / RefRatio of the same layout with 1 VIP
+	RateVsOne   Num    `json:"vip_rate_vs_one"`     // median VIP rate / that of the same layout with 1 VIP (not normalized by direct runs)
+}
+
+// NewScalePoint is a point with every figure unknown.
+func NewScalePoint(layout, loader string, vips, backends int) ScalePoint {
+	return ScalePoint{Layout: layout, Loader: loader, VIPs: vips, Backends: backends, LoadSeconds: NaN(),
+		VIP: NoConn(), Direct: NoConn(), Reference: NoConn(), Ratios: NewSeries(nil), RefRatios: NewSeries(nil),
+		Ratio: NaN(), RefRatio: NaN(), DirectToRef: NaN(), VsOne: NaN(), RateVsOne: NaN()}
 }
 
 // ControlPoint is cold programming of N VIPs and one backend change.
 type ControlPoint struct {
 	Impl           string `json:"impl"`
+	Loader         string `json:"loader"`
 	VIPs           int    `json:"vips"`
 	Backends       int    `json:"backends_per_vip"`
 	ColdSeconds    Num    `json:"cold_seconds"`
@@ -256,20 +272,20 @@ func writeFile(path string, data []byte) error {
 	return nil
 }
 
-// FillVsOne sets each point's ratio and VIP rate against those of the
-// same layout with 1 VIP.
+// FillVsOne sets each point's VIP/reference ratio and VIP rate against
+// those of the same layout with 1 VIP.
 func FillVsOne(points []ScalePoint) {
 	ratio, rate := map[string]float64{}, map[string]float64{}
 	for _, p := range points {
 		if p.VIPs == 1 {
-			ratio[p.Layout], rate[p.Layout] = float64(p.Ratio), float64(p.VIP.Rate.Median)
+			ratio[p.Layout], rate[p.Layout] = float64(p.RefRatio), float64(p.VIP.Rate.Median)
 		}
 	}
 	for i := range points {
 		p := &points[i]
 		p.VsOne, p.RateVsOne = NaN(), NaN()
 		if base, ok := ratio[p.Layout]; ok {
-			p.VsOne = Num(stats.Ratio(float64(p.Ratio), base))
+			p.VsOne = Num(stats.Ratio(float64(p.RefRatio), base))
 		}
 		if base, ok := rate[p.Layout]; ok && len(p.VIP.Rate.Runs) > 0 {
 			p.RateVsOne = Num(stats.Ratio(float64(p.VIP.Rate.Median), base))

@@ -36,11 +36,13 @@ var benchSysctls = [][2]string{
 }
 
 // Backend ports: each backend namespace runs the connection server on
-// connPorts (marks A-E on backend 1, F-J on backend 2), backend 1 also
-// serves sparePort (mark K, the backend a change adds) and iperf3.
+// connPorts (marks A-E on backend 1, F-J on backend 2) and on the
+// untracked reference ports (marks a-j), backend 1 also serves sparePort
+// (mark K, the backend a change adds) and iperf3.
 const (
 	connPortBase = 8080
 	connPorts    = 5
+	refPortBase  = 9080
 	sparePort    = 8085
 	spareMark    = 'K'
 	iperfPort    = 5201
@@ -124,6 +126,7 @@ func newEnv(ctx context.Context, self string, clientInAgent bool, nice int, logw
 		var ls []load.Listener
 		for p := range connPorts {
 			ls = append(ls, load.Listener{Addr: netip.AddrPortFrom(be.Addr4, uint16(connPortBase+p)), Mark: byte('A' + i*connPorts + p)})
+			ls = append(ls, load.Listener{Addr: netip.AddrPortFrom(be.Addr4, uint16(refPortBase+p)), Mark: byte('a' + i*connPorts + p)})
 		}
 		if i == 0 {
 			ls = append(ls, load.Listener{Addr: netip.AddrPortFrom(be.Addr4, sparePort), Mark: spareMark})
@@ -236,6 +239,58 @@ func (e *env) connTargets() []netip.AddrPort {
 	return out
 }
 
+// refTargets are the reference ports of both backends: connections to
+// them are not tracked by the agent (refTable), so no nat chain of any
+// layout sees them. They measure the machine's speed at that moment, the
+// same for every layout and size.
+func (e *env) refTargets() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, be := range e.topo.Backends {
+		for p := range connPorts {
+			out = append(out, netip.AddrPortFrom(be.Addr4, uint16(refPortBase+p)))
+		}
+	}
+	return out
+}
+
+// refTable is the agent's table that exempts the reference ports from
+// connection tracking, in both directions, for forwarded and local
+// clients. Loading it again replaces it.
+func refTable() string {
+	ports := fmt.Sprintf("%d-%d", refPortBase, refPortBase+connPorts-1)
+	return fmt.Sprintf(`table ip %[1]s {}
+flush table ip %[1]s
+table ip %[1]s {
+	chain raw-prerouting {
+		type filter hook prerouting priority raw; policy accept;
+		tcp dport %[2]s notrack
+		tcp sport %[2]s notrack
+	}
+	chain raw-output {
+		type filter hook output priority raw; policy accept;
+		tcp dport %[2]s notrack
+		tcp sport %[2]s notrack
+	}
+}
+`, refTableName, ports)
+}
+
+// refTableName is the benchmark's own table in the agent.
+const refTableName = "l4lb-bench-ref"
+
+// ensureRef (re)loads refTable: layouts that flush the whole ruleset
+// remove it.
+func (e *env) ensureRef(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := e.agent().Cmd(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(refTable())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("load the reference table: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
 // markOf is the mark of a backend address.
 func (e *env) markOf(ap netip.AddrPort) byte {
 	for i, be := range e.topo.Backends {
@@ -263,12 +318,12 @@ func (e *env) iperfBackend() netip.AddrPort {
 type clientOpts struct {
 	targets   []netip.AddrPort
 	workers   int
-	duration  time.Duration // of a plain run, or of all pairs of an A/B run
+	duration  time.Duration // of a plain run, or a bound on all rounds
 	hold      int
 	holdAfter time.Duration
 	untilMark byte
-	bTargets  []netip.AddrPort // A/B run: targets is A, these are B
-	pairs     int
+	more      [][]netip.AddrPort // rounds run: targets, then these sets
+	rounds    int
 	slice     time.Duration
 }
 
@@ -283,8 +338,12 @@ func joinTargets(ts []netip.AddrPort) string {
 func (o clientOpts) args() []string {
 	args := []string{"connect", "--targets", joinTargets(o.targets), "--workers", strconv.Itoa(o.workers),
 		"--duration", o.duration.String(), "--timeout", "1s"}
-	if len(o.bTargets) > 0 {
-		args = append(args, "--b-targets", joinTargets(o.bTargets), "--pairs", strconv.Itoa(o.pairs), "--slice", o.slice.String())
+	if len(o.more) > 0 {
+		sets := make([]string, len(o.more))
+		for i, m := range o.more {
+			sets[i] = joinTargets(m)
+		}
+		args = append(args, "--more-targets", strings.Join(sets, ";"), "--rounds", strconv.Itoa(o.rounds), "--slice", o.slice.String())
 	}
 	if o.hold > 0 {
 		args = append(args, "--hold", strconv.Itoa(o.hold), "--hold-after", o.holdAfter.String())
@@ -355,11 +414,13 @@ func (p *clientProc) decode(v any) error {
 	return nil
 }
 
-// runAB is one A/B client run: A is vip, B the direct targets.
-func (e *env) runAB(ctx context.Context, vip netip.AddrPort, direct []netip.AddrPort, workers, pairs int, slice time.Duration) (load.ABResult, error) {
-	var res load.ABResult
-	p, err := e.startClient(ctx, clientOpts{targets: []netip.AddrPort{vip}, bTargets: direct, workers: workers,
-		pairs: pairs, slice: slice, duration: 2 * time.Duration(pairs) * (slice + time.Second)})
+// runRounds is one client run alternating the VIP, the direct targets and
+// the untracked reference targets.
+func (e *env) runRounds(ctx context.Context, vip netip.AddrPort, workers, rounds int, slice time.Duration) (load.RoundsResult, error) {
+	var res load.RoundsResult
+	more := [][]netip.AddrPort{e.connTargets(), e.refTargets()}
+	p, err := e.startClient(ctx, clientOpts{targets: []netip.AddrPort{vip}, more: more, workers: workers,
+		rounds: rounds, slice: slice, duration: time.Duration(len(more)+1) * time.Duration(rounds) * (slice + time.Second)})
 	if err != nil {
 		return res, err
 	}

@@ -212,16 +212,31 @@ func (h *harness) iperf(ctx context.Context, target netip.AddrPort, streams int)
 
 // --- item 2: new connections --------------------------------------------
 
-// connRuns measures new connections through vip and directly to the ten
-// backends, alternating in slices within one client process (pair i: VIP
-// then direct when i is even, direct then VIP when it is odd).
-func (h *harness) connRuns(ctx context.Context, vip netip.AddrPort, pairs int, slice time.Duration) (v, dir report.Conn, ratios report.Series, errText string, err error) {
-	r, err := h.env.runAB(ctx, vip, h.env.connTargets(), h.cfg.workers, pairs, slice)
+// connSet is what connRuns measured.
+type connSet struct {
+	vip, direct, ref  report.Conn
+	ratios, refRatios report.Series // VIP/direct and VIP/reference of each round
+	directToRef       report.Num
+	errText           string
+}
+
+// connRuns measures new connections through vip, directly to the ten
+// backends, and to their untracked reference ports, alternating in slices
+// within one client process (round i in that order when i is even, in
+// reverse when it is odd).
+func (h *harness) connRuns(ctx context.Context, vip netip.AddrPort, rounds int, slice time.Duration) (connSet, error) {
+	var cs connSet
+	if err := h.env.ensureRef(ctx); err != nil {
+		return cs, err
+	}
+	r, err := h.env.runRounds(ctx, vip, h.cfg.workers, rounds, slice)
 	if ctx.Err() != nil {
-		return v, dir, ratios, "", ctx.Err()
+		return cs, ctx.Err()
 	}
 	if err != nil {
-		return v, dir, ratios, err.Error(), nil
+		cs.errText = err.Error()
+		cs.vip, cs.direct, cs.ref = report.NoConn(), report.NoConn(), report.NoConn()
+		return cs, nil
 	}
 	var errs []string
 	rates := func(rs []load.ClientResult, which string) []float64 {
@@ -237,8 +252,12 @@ func (h *harness) connRuns(ctx context.Context, vip netip.AddrPort, pairs int, s
 		}
 		return out
 	}
-	vr, dr := rates(r.A, "VIP"), rates(r.B, "direct")
-	return summarize(r.A), summarize(r.B), report.PairRatios(vr, dr), firstErr(errs), nil
+	vr, dr, rr := rates(r.Sets[0], "VIP"), rates(r.Sets[1], "direct"), rates(r.Sets[2], "reference")
+	cs.vip, cs.direct, cs.ref = summarize(r.Sets[0]), summarize(r.Sets[1]), summarize(r.Sets[2])
+	cs.ratios, cs.refRatios = report.PairRatios(vr, dr), report.PairRatios(vr, rr)
+	cs.directToRef = report.PairRatios(dr, rr).Median
+	cs.errText = firstErr(errs)
+	return cs, nil
 }
 
 func summarize(rs []load.ClientResult) report.Conn {
@@ -268,15 +287,17 @@ func (h *harness) connRate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	v, d, ratios, errText, err := h.connRuns(ctx, vipAddr, h.cfg.connPairs, h.cfg.connSlice)
+	cs, err := h.connRuns(ctx, vipAddr, h.cfg.connPairs, h.cfg.connSlice)
 	if err != nil {
 		return err
 	}
-	c := &report.ConnRate{VIP: v, Direct: d, Error: errText, Ratios: ratios, Ratio: ratios.Median}
+	v, d := cs.vip, cs.direct
+	c := &report.ConnRate{VIP: v, Direct: d, Reference: cs.ref, Error: cs.errText, Ratios: cs.ratios, Ratio: cs.ratios.Median,
+		RefRatios: cs.refRatios, RefRatio: cs.refRatios.Median}
 	h.res.ConnRate = c
-	h.logf("new connections: VIP %.0f/s (p50 %.0f µs, p99 %.0f µs), direct %.0f/s (p50 %.0f µs, p99 %.0f µs), ratio %.3f %s",
+	h.logf("new connections: VIP %.0f/s (p50 %.0f µs, p99 %.0f µs), direct %.0f/s (p50 %.0f µs, p99 %.0f µs), ratio %.3f, untracked reference %.0f/s %s",
 		float64(v.Rate.Median), float64(v.P50us.Median), float64(v.P99us.Median),
-		float64(d.Rate.Median), float64(d.P50us.Median), float64(d.P99us.Median), float64(c.Ratio), errText)
+		float64(d.Rate.Median), float64(d.P50us.Median), float64(d.P99us.Median), float64(c.Ratio), float64(cs.ref.Rate.Median), cs.errText)
 	return nil
 }
 
@@ -370,9 +391,7 @@ func (h *harness) scale(ctx context.Context) error {
 	for _, n := range h.cfg.sizes {
 		var st *scenario.State
 		for _, l := range layouts {
-			p := report.ScalePoint{Layout: l.Name(), VIPs: n, Backends: fillerBackends, LoadSeconds: report.NaN(),
-				VIP: report.NoConn(), Direct: report.NoConn(), Ratios: report.NewSeries(nil),
-				Ratio: report.NaN(), VsOne: report.NaN(), RateVsOne: report.NaN()}
+			p := report.NewScalePoint(l.Name(), l.Loader(), n, fillerBackends)
 			if why := h.skipReason(l.Name(), n); why != "" {
 				p.Skipped = why
 				h.logf("scale %s %d VIPs: skipped: %s", l.Name(), n, why)
@@ -415,13 +434,17 @@ func (h *harness) scalePoint(ctx context.Context, l layout.Layout, st *scenario.
 		p.Error = err.Error()
 		return
 	}
-	v, d, ratios, errText, err := h.connRuns(ctx, vipAddr, h.cfg.scalePairs, h.cfg.scaleSlice)
+	cs, err := h.connRuns(ctx, vipAddr, h.cfg.scalePairs, h.cfg.scaleSlice)
 	if err != nil {
+		p.Error = err.Error()
 		return
 	}
-	p.VIP, p.Direct, p.Error, p.Ratios, p.Ratio = v, d, errText, ratios, ratios.Median
-	h.logf("scale %s %d VIPs: load %.2fs, VIP %.0f/s, direct %.0f/s, ratio %.3f %s", l.Name(), p.VIPs,
-		ld.Duration.Seconds(), float64(v.Rate.Median), float64(d.Rate.Median), float64(p.Ratio), errText)
+	v, d := cs.vip, cs.direct
+	p.VIP, p.Direct, p.Reference, p.Error = v, d, cs.ref, cs.errText
+	p.Ratios, p.Ratio, p.RefRatios, p.RefRatio = cs.ratios, cs.ratios.Median, cs.refRatios, cs.refRatios.Median
+	p.DirectToRef = cs.directToRef
+	h.logf("scale %s %d VIPs: load %.2fs, VIP %.0f/s, direct %.0f/s, reference %.0f/s, VIP/direct %.3f, VIP/reference %.3f %s", l.Name(), p.VIPs,
+		ld.Duration.Seconds(), float64(v.Rate.Median), float64(d.Rate.Median), float64(cs.ref.Rate.Median), float64(p.Ratio), float64(p.RefRatio), cs.errText)
 }
 
 // --- item 4: control plane ------------------------------------------------
@@ -479,7 +502,7 @@ func (h *harness) control(ctx context.Context) error {
 			return err
 		}
 		// l4lb: the daemon.
-		c := report.ControlPoint{Impl: "l4lb daemon", VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
+		c := report.ControlPoint{Impl: "l4lb", Loader: h.daemon.Loader(), VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
 		switch {
 		case derr != nil:
 			c.Skipped = derr.Error()
@@ -496,7 +519,7 @@ func (h *harness) control(ctx context.Context) error {
 
 		// kube-proxy's nftables mode: nft -f of the whole ruleset, then the
 		// transaction of one service's endpoint change.
-		k := report.ControlPoint{Impl: "kube-nftables", VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
+		k := report.ControlPoint{Impl: kn.Name(), Loader: kn.Loader(), VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
 		if why := h.skipReason(kn.Name(), n); why != "" {
 			k.Skipped = why
 		} else {
@@ -574,7 +597,7 @@ func (h *harness) controlKubeNFT(ctx context.Context, kn layout.KubeNFT, st, cha
 // --- item 5: convergence --------------------------------------------------
 
 func (h *harness) converge(ctx context.Context) error {
-	c := &report.Convergence{Impl: "l4lb daemon", LastConnMs: report.NaN(), ConntrackMs: report.NaN(), EstablishedMs: report.NaN()}
+	c := &report.Convergence{Impl: "l4lb (l4lb run)", LastConnMs: report.NaN(), ConntrackMs: report.NaN(), EstablishedMs: report.NaN()}
 	h.res.Convergence = c
 	if err := h.daemon.Supported(ctx); err != nil {
 		c.Skipped = err.Error()

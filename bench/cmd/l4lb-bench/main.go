@@ -89,9 +89,9 @@ func cmdConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	hold := fs.Int("hold", 0, "connections to open first and hold until the end")
 	holdAfter := fs.Duration("hold-after", 0, "keep held connections open this long after the run, or until signalled")
 	until := fs.String("until-mark", "", "stop at the first connection answered with this byte")
-	bTargets := fs.String("b-targets", "", "ADDR:PORT,... : a second target set; alternate --targets (A) and these (B) in slices")
-	pairs := fs.Int("pairs", 3, "with --b-targets: pairs of slices")
-	slice := fs.Duration("slice", 500*time.Millisecond, "with --b-targets: length of one slice")
+	more := fs.String("more-targets", "", "SET;SET;... (each ADDR:PORT,...): further target sets; alternate --targets and these in slices")
+	rounds := fs.Int("rounds", 3, "with --more-targets: rounds of slices")
+	slice := fs.Duration("slice", 500*time.Millisecond, "with --more-targets: length of one slice")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -100,12 +100,16 @@ func cmdConnect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if cfg.Targets, err = parseTargets(*targets); err != nil {
 		return err
 	}
-	if *bTargets != "" {
-		b, err := parseTargets(*bTargets)
-		if err != nil {
-			return err
+	if *more != "" {
+		sets := [][]netip.AddrPort{cfg.Targets}
+		for _, set := range strings.Split(*more, ";") {
+			ts, err := parseTargets(set)
+			if err != nil {
+				return err
+			}
+			sets = append(sets, ts)
 		}
-		res, err := load.RunAB(ctx, load.ABConfig{A: cfg.Targets, B: b, Workers: *workers, Timeout: *timeout, Pairs: *pairs, Slice: *slice})
+		res, err := load.RunRounds(ctx, load.RoundsConfig{Sets: sets, Workers: *workers, Timeout: *timeout, Rounds: *rounds, Slice: *slice})
 		if err != nil {
 			return err
 		}

@@ -29,9 +29,9 @@ type config struct {
 	items        map[string]bool
 	runs         int // iperf3 runs through the VIP and direct
 	workers      int
-	connPairs    int           // VIP/direct slice pairs of item 2
+	connPairs    int           // rounds of slices (VIP, direct, reference) of item 2
 	connSlice    time.Duration // one slice of item 2
-	scalePairs   int           // pairs at each size of item 3
+	scalePairs   int           // rounds at each size of item 3
 	scaleSlice   time.Duration
 	iperfTime    time.Duration // per iperf3 run
 	convergeTime time.Duration // load after the health change
@@ -54,8 +54,8 @@ func (c *config) defaults() error {
 	switch c.mode {
 	case "quick":
 		c.runs, c.workers = 3, 4
-		c.connPairs, c.connSlice = 20, 150*time.Millisecond
-		c.scalePairs, c.scaleSlice = 10, 150*time.Millisecond
+		c.connPairs, c.connSlice = 16, 150*time.Millisecond
+		c.scalePairs, c.scaleSlice = 8, 150*time.Millisecond
 		c.iperfTime, c.convergeTime, c.convergeWait = time.Second, 3*time.Second, 5*time.Second
 		c.sizes = []int{1, 1000, 2000}
 		c.controlSizes = []int{1000}
@@ -99,7 +99,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	items := fs.String("items", strings.Join(allItems, ","), "items to run: "+strings.Join(allItems, ","))
 	layouts := fs.String("layouts", strings.Join(allLayouts, ","), "layouts of the scale item: "+strings.Join(allLayouts, ","))
 	runs := fs.Int("runs", 0, "iperf3 runs through the VIP and direct (0: the mode's)")
-	pairs := fs.Int("pairs", 0, "VIP/direct slice pairs of the connection items (0: the mode's)")
+	pairs := fs.Int("rounds", 0, "rounds of VIP, direct and reference slices of the connection items (0: the mode's)")
 	workers := fs.Int("workers", 0, "client workers (0: the mode's)")
 	sizes := fs.String("sizes", "", "VIP counts of the data-path scale item (default: the mode's)")
 	controlSizes := fs.String("control-sizes", "", "VIP counts of the control-plane item (default: the mode's)")
@@ -256,15 +256,24 @@ func run(ctx context.Context, c *config, stdout, stderr io.Writer) (err error) {
 	return nil
 }
 
+// writeResults writes latest.{json,md} and the plots, and the same under
+// the mode's name (full.json, full.md, full-*.png), so that a quick run
+// does not replace the last full figures; then the README's table.
 func writeResults(c *config, res *report.Results) error {
-	if err := res.WriteJSON(filepath.Join(c.out, "latest.json")); err != nil {
-		return err
-	}
-	if err := res.Plots(c.out); err != nil {
-		return err
-	}
-	if err := res.WriteMarkdown(filepath.Join(c.out, "latest.md")); err != nil {
-		return err
+	for _, name := range []string{"latest", c.mode} {
+		prefix := ""
+		if name != "latest" {
+			prefix = name + "-"
+		}
+		if err := res.WriteJSON(filepath.Join(c.out, name+".json")); err != nil {
+			return err
+		}
+		if err := res.Plots(c.out, prefix); err != nil {
+			return err
+		}
+		if err := res.WriteMarkdown(filepath.Join(c.out, name+".md"), prefix); err != nil {
+			return err
+		}
 	}
 	if c.readme != "" {
 		rel, err := filepath.Rel(filepath.Dir(c.readme), c.out)
