@@ -45,6 +45,10 @@ type harness struct {
 	kube     layout.Kube
 	loads    map[string][]loadSample // completed loads per layout, for projections
 	stopped  map[string]stopMark     // layouts whose load failed or ran out of time, and at what size
+	// kubeNFTControl holds control-plane rows of kube-proxy's nftables
+	// mode measured on the scale item's loads, which are the same
+	// scenarios: its large loads are the slowest part of the run.
+	kubeNFTControl map[int]report.ControlPoint
 }
 
 // stopMark records that a layout's load of n VIPs failed: no larger load
@@ -75,6 +79,8 @@ func newHarness(c *config, e *env, res *report.Results, logw io.Writer, work str
 		},
 		loads:   map[string][]loadSample{},
 		stopped: map[string]stopMark{},
+
+		kubeNFTControl: map[int]report.ControlPoint{},
 	}
 }
 
@@ -443,6 +449,17 @@ func (h *harness) scalePoint(ctx context.Context, l layout.Layout, st *scenario.
 	p.VIP, p.Direct, p.Reference, p.Error = v, d, cs.ref, cs.errText
 	p.Ratios, p.Ratio, p.RefRatios, p.RefRatio = cs.ratios, cs.ratios.Median, cs.refRatios, cs.refRatios.Median
 	p.DirectToRef = cs.directToRef
+	if kn, ok := l.(layout.KubeNFT); ok && h.cfg.items["control"] && slices.Contains(h.cfg.controlSizes, p.VIPs) {
+		c := report.ControlPoint{Impl: kn.Name(), Loader: kn.Loader(), VIPs: p.VIPs, Backends: fillerBackends,
+			ColdSeconds: p.LoadSeconds, ChangeSeconds: report.NaN()}
+		changed, err := h.withSpare(p.VIPs, false).Build()
+		if err != nil {
+			c.Error = err.Error()
+		} else {
+			h.kubeNFTChange(ctx, kn, st, changed, &c)
+		}
+		h.kubeNFTControl[p.VIPs] = c
+	}
 	h.logf("scale %s %d VIPs: load %.2fs, VIP %.0f/s, direct %.0f/s, reference %.0f/s, VIP/direct %.3f, VIP/reference %.3f %s", l.Name(), p.VIPs,
 		ld.Duration.Seconds(), float64(v.Rate.Median), float64(d.Rate.Median), float64(cs.ref.Rate.Median), float64(p.Ratio), float64(p.RefRatio), cs.errText)
 }
@@ -520,7 +537,9 @@ func (h *harness) control(ctx context.Context) error {
 		// kube-proxy's nftables mode: nft -f of the whole ruleset, then the
 		// transaction of one service's endpoint change.
 		k := report.ControlPoint{Impl: kn.Name(), Loader: kn.Loader(), VIPs: n, Backends: fillerBackends, ColdSeconds: report.NaN(), ChangeSeconds: report.NaN()}
-		if why := h.skipReason(kn.Name(), n); why != "" {
+		if done, ok := h.kubeNFTControl[n]; ok {
+			k = done // measured on the scale item's load of the same scenario
+		} else if why := h.skipReason(kn.Name(), n); why != "" {
 			k.Skipped = why
 		} else {
 			if err := build(); err != nil {
@@ -576,6 +595,12 @@ func (h *harness) controlKubeNFT(ctx context.Context, kn layout.KubeNFT, st, cha
 		return
 	}
 	c.ColdSeconds = report.Num(ld.Duration.Seconds())
+	h.kubeNFTChange(ctx, kn, st, changed, c)
+}
+
+// kubeNFTChange measures kube-proxy's endpoint-change transaction on the
+// loaded kube-proxy table of st.
+func (h *harness) kubeNFTChange(ctx context.Context, kn layout.KubeNFT, st, changed *scenario.State, c *report.ControlPoint) {
 	vip, err := kn.VIPAddr(ctx, h.env.agent(), st, probeName)
 	if err != nil {
 		c.Error = err.Error()

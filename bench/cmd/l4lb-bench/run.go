@@ -67,7 +67,7 @@ func (c *config) defaults() error {
 		c.iperfTime, c.convergeTime, c.convergeWait = 3*time.Second, 6*time.Second, 15*time.Second
 		c.sizes = []int{1, 1000, 2000, 5000, 10000, 20000, 50000}
 		c.controlSizes = []int{1000, 10000, 50000}
-		c.loadBudget = 120 * time.Second
+		c.loadBudget = 180 * time.Second
 	default:
 		return fmt.Errorf("--mode %q: want quick or full", c.mode)
 	}
