@@ -175,15 +175,16 @@ func TestTraffic(t *testing.T) {
 			{"unknown port of an IP VIP", agent, netip.MustParseAddrPort("198.18.255.10:1"), false},
 			{"ipv6 pool address without VIP", ctr, netip.MustParseAddrPort("[fd00:198:18::7]:80"), false},
 		} {
-			start := time.Now()
+			// A refusal (reset, port unreachable, EPERM) rather than a
+			// timeout is what "at once" means here.
 			var err error
 			if c.udp {
 				_, err = c.from.AskUDP(c.to, netip.AddrPort{}, 3*time.Second)
 			} else {
 				_, err = c.from.AskTCP(c.to, 3*time.Second)
 			}
-			if !netns.IsRefused(err) || time.Since(start) > time.Second {
-				t.Errorf("%s (%s): %v after %v, want an immediate refusal", c.name, c.to, err, time.Since(start))
+			if !netns.IsRefused(err) {
+				t.Errorf("%s (%s): %v, want a refusal, not a timeout", c.name, c.to, err)
 			}
 		}
 	})

@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
 
@@ -54,6 +56,7 @@ type modelFlags struct {
 	pool6    netip.Prefix
 	stateDir string
 	table    string
+	marathon source.MarathonOptions
 }
 
 func (m *modelFlags) register(fs *flag.FlagSet) {
@@ -63,6 +66,28 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
 	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
+	fs.StringVar(&m.marathon.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
+	fs.StringVar(&m.marathon.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
+	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
+	fs.DurationVar(&m.marathon.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
+	fs.DurationVar(&m.marathon.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
+}
+
+// parseSources turns --source specs into sources with the Marathon options.
+func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Source, error) {
+	var out []source.Source
+	for _, spec := range m.sources {
+		o := m.marathon
+		if onStream != nil {
+			onStream(spec, &o)
+		}
+		s, err := source.ParseWith(spec, o)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 func (m *modelFlags) check() error {

@@ -24,7 +24,7 @@ func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := m.check(); err != nil {
 		return err
 	}
-	sources, err := parseSources(m.sources)
+	sources, err := m.parseSources(nil)
 	if err != nil {
 		return err
 	}
@@ -43,16 +43,4 @@ func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "problem: %v\n", p)
 	}
 	return nat.Compile(state, m.table).WriteText(stdout)
-}
-
-func parseSources(specs []string) ([]source.Source, error) {
-	var out []source.Source
-	for _, spec := range specs {
-		s, err := source.Parse(spec)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
-		}
-		out = append(out, s)
-	}
-	return out, nil
 }

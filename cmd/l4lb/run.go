@@ -16,9 +16,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/api"
 	"github.com/l4lb/l4lb/sync/reconcile"
+	"github.com/l4lb/l4lb/sync/runner"
+	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
 
@@ -29,6 +33,7 @@ type runFlags struct {
 	dnsUpstreams   listFlag
 	apiListen      string
 	resync         time.Duration
+	minSync        time.Duration
 	flushUnhealthy bool
 	logLevel       string
 }
@@ -40,6 +45,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&f.dnsUpstreams, "dns-upstream", "DNS servers for names outside the zone, comma-separated (otherwise REFUSED)")
 	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:62080", "HTTP API listen address (/v1/vips, /v1/problems, /metrics, /healthz)")
 	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync that reads the kernel back and repairs drift")
+	fs.DurationVar(&f.minSync, "min-sync-interval", 500*time.Millisecond, "least time between two syncs: bursts of changes coalesce")
 	fs.BoolVar(&f.flushUnhealthy, "flush-unhealthy", true, "delete the conntrack entries of unhealthy backends, not only of gone ones")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -88,7 +94,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	sources, err := parseSources(f.sources)
+	sources, err := f.parseSources(func(spec string, o *source.MarathonOptions) {
+		o.OnStreamError = func(err error, retryIn time.Duration) {
+			log.Warn("marathon event stream lost", "source", spec, "err", err, "retryIn", retryIn)
+		}
+		o.OnStreamAttached = func() { log.Info("marathon event stream attached", "source", spec) }
+	})
 	if err != nil {
 		return err
 	}
@@ -100,14 +111,25 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ct, err := conntrack.New()
+	if err != nil {
+		return fmt.Errorf("open conntrack netlink (l4lb run needs root or CAP_NET_ADMIN): %w", err)
+	}
+	defer ct.Close()
+	ctMetrics, err := conntrack.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	rec := reconcile.New(reconcile.Config{
-		Sources:  sources,
-		NAT:      k,
-		Metrics:  reconcile.NewMetrics(reg),
-		Model:    vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
-		Table:    f.table,
-		StateDir: f.stateDir,
-		Logger:   log,
+		Sources:   sources,
+		NAT:       k,
+		Forward:   forward.New(),
+		Conntrack: conntrack.NewCleaner(ct, f.flushUnhealthy, ctMetrics),
+		Metrics:   reconcile.NewMetrics(reg),
+		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Resolver: &vip.CachingResolver{}},
+		Table:     f.table,
+		StateDir:  f.stateDir,
+		Logger:    log,
 	})
 
 	ln, err := net.Listen("tcp", f.apiListen)
@@ -132,7 +154,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	go func() {
 		defer wg.Done()
-		errc <- rec.Run(ctx, f.resync)
+		errc <- rec.Run(ctx, runner.Options{MinInterval: f.minSync, Resync: f.resync,
+			BackoffMin: 250 * time.Millisecond, BackoffMax: 30 * time.Second, Jitter: 0.1})
 	}()
 	var runErr error
 	select {
@@ -164,9 +187,15 @@ func cmdCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return fmt.Errorf("open netlink (l4lb cleanup needs root or CAP_NET_ADMIN): %w", err)
 	}
 	defer k.Close()
-	if err := k.Cleanup(ctx); err != nil {
-		return err
+	// The iptables rules go even when the table cannot: they are
+	// independent.
+	natErr := k.Cleanup(ctx)
+	if err := forward.New().Cleanup(ctx); err != nil {
+		return errors.Join(natErr, fmt.Errorf("iptables: %w", err))
 	}
-	fmt.Fprintf(stdout, "removed table inet %s and its routes\n", table)
+	if natErr != nil {
+		return natErr
+	}
+	fmt.Fprintf(stdout, "removed table inet %s, its routes and its iptables rules (chain %s)\n", table, forward.Chain)
 	return nil
 }

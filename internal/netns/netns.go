@@ -40,13 +40,21 @@ func UniqueName(prefix string) string {
 	return fmt.Sprintf("%s%d-%d%s", prefix, os.Getpid(), counter.Add(1), hex.EncodeToString(b[:]))
 }
 
-// New creates the namespace name with its loopback up.
+// New creates the namespace name with its loopback up and IPv6 duplicate
+// address detection off for the interfaces created in it later: a router
+// solicits neighbours for forwarded packets from its link-local address,
+// and cannot while that address is tentative (a second or two after the
+// link comes up), which delays forwarded IPv6 at random.
 func New(name string) (*NS, error) {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, bytes.TrimSpace(out))
 	}
 	n := &NS{Name: name}
 	if _, err := n.Run("ip", "link", "set", "lo", "up"); err != nil {
+		n.Delete()
+		return nil, err
+	}
+	if _, err := n.Run("sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"); err != nil {
 		n.Delete()
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/vip"
 )
 
@@ -21,6 +22,9 @@ type Metrics struct {
 	natBatches     prometheus.Counter
 	natRebuilds    prometheus.Counter
 	natDriftRepair prometheus.Counter
+	fwdActive      *prometheus.GaugeVec
+	fwdChanges     prometheus.Counter
+	fwdErrors      prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not
@@ -76,6 +80,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "l4lb_nat_drift_repairs_total",
 			Help: "Full resyncs that found the kernel differing from what l4lb had programmed, and repaired it.",
 		}),
+		fwdActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "l4lb_forward_active",
+			Help: "1 for each iptables backend (iptables-nft, ip6tables-legacy, ...) whose FORWARD chain blocks and holds l4lb's ACCEPT rules.",
+		}, []string{"backend"}),
+		fwdChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "l4lb_forward_changes_total",
+			Help: "Rules and chains l4lb added to or removed from iptables FORWARD.",
+		}),
+		fwdErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "l4lb_forward_sync_errors_total",
+			Help: "Syncs of the iptables FORWARD rules that failed.",
+		}),
 	}
 	for _, st := range []vip.BackendState{vip.Active, vip.Draining, vip.Unhealthy} {
 		m.backends.WithLabelValues(st.String())
@@ -85,7 +101,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.syncDuration, m.syncFailures, m.lastSuccess, m.vips, m.backends, m.problems,
-			m.sourceErrors, m.sourceStale, m.natElements, m.natBatches, m.natRebuilds, m.natDriftRepair)
+			m.sourceErrors, m.sourceStale, m.natElements, m.natBatches, m.natRebuilds, m.natDriftRepair,
+			m.fwdActive, m.fwdChanges, m.fwdErrors)
 	}
 	return m
 }
@@ -112,5 +129,17 @@ func (m *Metrics) observeNAT(res nat.Result, expectedChange bool) {
 	}
 	if res.ReadBack && res.Changed() && !expectedChange {
 		m.natDriftRepair.Inc()
+	}
+}
+
+func (m *Metrics) observeForward(res forward.Result, err error) {
+	if err != nil {
+		m.fwdErrors.Inc()
+		m.syncFailures.WithLabelValues("forward").Inc()
+	}
+	m.fwdChanges.Add(float64(res.Changes))
+	m.fwdActive.Reset()
+	for _, b := range res.Active {
+		m.fwdActive.WithLabelValues(b).Set(1)
 	}
 }

@@ -10,25 +10,37 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
+	"github.com/l4lb/l4lb/sync/runner"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
 
 // Config is what the reconciler needs.
 type Config struct {
-	Sources  []source.Source
-	NAT      nat.Interface
-	Metrics  *Metrics // nil: not measured
-	Model    vip.Config // pools, domain, resolver; Previous is managed here
-	Table    string
-	StateDir string // where allocations persist; empty keeps them in memory
-	Logger   *slog.Logger
-	Now      func() time.Time // time.Now when nil
+	Sources []source.Source
+	NAT     nat.Interface
+	Forward forward.Interface // nil: iptables is left alone
+	// Conntrack deletes the flows of backends that stopped serving; nil
+	// leaves conntrack alone.
+	Conntrack *conntrack.Cleaner
+	// ConntrackFullEvery bounds how often a full sync also runs a full
+	// conntrack pass (which lists every flow); the passes after each change
+	// look only at the backends that lost their place. 5 minutes when zero.
+	ConntrackFullEvery time.Duration
+	Metrics            *Metrics   // nil: not measured
+	Model              vip.Config // pools, domain, resolver; Previous is managed here
+	Table              string
+	StateDir           string // where allocations persist; empty keeps them in memory
+	Logger             *slog.Logger
+	Now                func() time.Time // time.Now when nil
 }
 
 // Status is the outcome of the last sync, for the API and health checks.
@@ -49,12 +61,14 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex // serialises syncs
-	good     *goodState // last good read of the sources
-	alloc    vip.Allocations
-	allocErr error
-	applied  uint64 // fingerprint of the last ruleset in the kernel; 0 when unknown
-	status   atomic.Pointer[Status]
+	mu        sync.Mutex // serialises syncs
+	good      *goodState // last good read of the sources
+	alloc     vip.Allocations
+	allocErr  error
+	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
+	unchecked string    // last report of iptables backends that cannot be inspected
+	ctFullAt  time.Time // when the last full conntrack pass ran
+	status    atomic.Pointer[Status]
 }
 
 // goodState is what the last good read of the sources gave.
@@ -163,6 +177,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"chains", res.Chains, "rebuilt", res.Rebuilt, "routes", res.Routes)
 	}
 	r.applied = fp
+	r.syncForward(ctx, rs)
 	m.observeState(state, len(problems))
 	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	first := !st.Synced
@@ -179,70 +194,99 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 			"readBack", res.ReadBack, "rebuilt", res.Rebuilt, "batches", res.Batches, "elements", res.Elements,
 			"chains", res.Chains, "routes", res.Routes)
 	}
+	if err := r.cleanConntrack(ctx, state, full); err != nil {
+		// The rules are right; the retry (a full sync) runs a full pass.
+		m.syncFailures.WithLabelValues("conntrack").Inc()
+		st.LastError = err.Error()
+		r.status.Store(&st)
+		return err
+	}
 	return srcErr
 }
 
-// Run syncs at once and then whenever a source reports a change, at least
-// every resync period (a full sync that repairs drift), and after failures
-// with exponential backoff. It returns when ctx is done; the rules stay.
-func (r *Reconciler) Run(ctx context.Context, resync time.Duration) error {
-	trigger := make(chan struct{}, 1)
-	notify := func() {
-		select {
-		case trigger <- struct{}{}:
-		default:
+// cleanConntrack deletes the conntrack entries of backends that the change
+// just applied took out of service (unhealthy with --flush-unhealthy, gone,
+// terminal), so that their clients get a reset or move on at their next
+// packet. Draining backends keep theirs.
+func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full bool) error {
+	c := r.cfg.Conntrack
+	if c == nil {
+		return nil
+	}
+	every := r.cfg.ConntrackFullEvery
+	if every <= 0 {
+		every = 5 * time.Minute
+	}
+	clean := c.Applied
+	if full && time.Since(r.ctFullAt) >= every {
+		clean = c.Reconcile
+	}
+	res, err := clean(ctx, state)
+	if res.Full && err == nil {
+		r.ctFullAt = time.Now()
+	}
+	if err != nil {
+		return fmt.Errorf("conntrack cleanup: %w", err)
+	}
+	if res.Deleted > 0 || res.Failed > 0 {
+		r.log.Info("deleted conntrack entries of backends out of service", "deleted", res.Deleted, "failed", res.Failed,
+			"full", res.Full, "listed", res.Flows, "took", (res.Dump + res.Select + res.Delete).String())
+	}
+	return nil
+}
+
+// syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
+// blocks (Docker sets its policy to DROP). A failure there does not fail the
+// sync: the table is right, and the next sync tries again.
+func (r *Reconciler) syncForward(ctx context.Context, rs *nat.Ruleset) {
+	if r.cfg.Forward == nil {
+		return
+	}
+	res, err := r.cfg.Forward.Sync(ctx, forward.WantFor(rs))
+	m := r.cfg.Metrics
+	m.observeForward(res, err)
+	if err != nil {
+		r.log.Error("cannot keep the iptables FORWARD rules", "err", err)
+	}
+	if res.Changed() {
+		r.log.Info("iptables FORWARD rules changed", "active", strings.Join(res.Active, ","), "changes", res.Changes)
+	}
+	if u := strings.Join(res.Unchecked, ","); u != r.unchecked {
+		r.unchecked = u
+		if u != "" {
+			r.log.Warn("iptables filter tables in use without a binary to inspect them", "backends", u)
 		}
 	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
+}
+
+// Run syncs at once and then whenever a source reports a change (at most
+// once per opts.MinInterval), at least every opts.Resync (a full sync that
+// reads the kernel back and repairs drift), and after failures with
+// exponential backoff (again full, since what the kernel holds is in
+// doubt). It returns when ctx is done; the rules stay in place.
+func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	run := runner.New(func(ctx context.Context, why runner.Reason) error {
+		full := why&(runner.Initial|runner.Resync|runner.Retry) != 0
+		err := r.Sync(ctx, full)
+		if err != nil && ctx.Err() == nil {
+			r.log.Error("sync failed", "err", err, "why", why.String())
+		}
+		return err
+	}, opts)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, s := range r.cfg.Sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Watch(ctx, notify); err != nil && ctx.Err() == nil {
+			if err := s.Watch(ctx, run.Trigger); err != nil && ctx.Err() == nil {
 				r.log.Error("watch source stopped", "source", s.String(), "err", err)
 			}
 		}()
 	}
-
-	const minInterval = 100 * time.Millisecond
-	backoff := time.Duration(0)
-	full := true // the first sync adopts what the kernel holds
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	resyncTick := time.NewTicker(resync)
-	defer resyncTick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-trigger:
-		case <-resyncTick.C:
-			full = true
-		case <-timer.C:
-		}
-		start := time.Now()
-		err := r.Sync(ctx, full)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			backoff = min(max(2*backoff, 250*time.Millisecond), 30*time.Second)
-			r.log.Error("sync failed", "err", err, "retryIn", backoff)
-			full = true // what the kernel holds is in doubt
-			timer.Reset(backoff)
-			continue
-		}
-		backoff, full = 0, false
-		// Coalesce bursts of triggers: at most one sync per minInterval.
-		if d := minInterval - time.Since(start); d > 0 {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(d):
-			}
-		}
-	}
+	err := run.Run(ctx)
+	cancel()
+	return err
 }

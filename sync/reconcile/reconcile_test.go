@@ -10,7 +10,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/nat"
+	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
@@ -146,5 +148,80 @@ func TestApplyFailureIsReported(t *testing.T) {
 	}
 	if !r.Status().Synced {
 		t.Error("not synced after a successful retry")
+	}
+}
+
+func TestForwardRulesFollowTheSync(t *testing.T) {
+	src := &fakeSource{}
+	src.set(oneApp, nil)
+	fwd := forward.NewFake()
+	fwd.SetPolicy(false, "DROP")
+	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Forward: fwd,
+		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	if err := r.Sync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if dump := fwd.Dump(false); !strings.Contains(dump, "-A L4LB-FORWARD") || !strings.Contains(dump, "198.18.0.0/16") {
+		t.Errorf("iptables after a sync with FORWARD dropping:\n%s", dump)
+	}
+	// A failure to sync iptables does not fail the sync: the table is right.
+	fwd.Err = errors.New("iptables: resource busy")
+	if err := r.Sync(context.Background(), false); err != nil {
+		t.Errorf("Sync with a failing iptables: %v", err)
+	}
+}
+
+func TestConntrackFollowsTheSync(t *testing.T) {
+	twoTasks := func(t2state string) string {
+		return `{"id": "/web", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "web:80"}}], "tasks": [
+		  {"id": "t1", "host": "198.19.0.11", "ports": [31000], "state": "TASK_RUNNING"},
+		  {"id": "t2", "host": "198.19.0.12", "ports": [31000], "state": "` + t2state + `"}]}`
+	}
+	src := &fakeSource{}
+	src.set(twoTasks("TASK_RUNNING"), nil)
+	ct := conntrack.NewFake()
+	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Conntrack: conntrack.NewCleaner(ct, true, nil),
+		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	if err := r.Sync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	vipAddr := r.Status().State.VIPs[0].Addr
+	flow := func(client string, backend string) conntrack.Flow {
+		c := netip.MustParseAddrPort(client)
+		return conntrack.Flow{Proto: vip.TCP, OrigSrc: c, OrigDst: netip.AddrPortFrom(vipAddr, 80),
+			ReplySrc: netip.MustParseAddrPort(backend), ReplyDst: c}
+	}
+	toT1, toT2 := flow("198.19.1.11:40000", "198.19.0.11:31000"), flow("198.19.1.11:40001", "198.19.0.12:31000")
+	ct.Add(toT1, toT2)
+
+	// Draining: t2 keeps its connection.
+	src.set(twoTasks("TASK_KILLING"), nil)
+	if err := r.Sync(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if d := ct.Deleted(); len(d) != 0 {
+		t.Errorf("a draining backend lost flows: %v", d)
+	}
+	// Gone: its flows go, t1's stay.
+	src.set(twoTasks("TASK_KILLED"), nil)
+	if err := r.Sync(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if d := ct.Deleted(); len(d) != 1 || d[0] != toT2 {
+		t.Errorf("deleted %v, want only the flow to t2", d)
+	}
+	// A failing cleanup fails the sync, and the retry does a full pass.
+	ct.FailNext(errors.New("netlink: no buffer space"), nil)
+	src.set(strings.Replace(twoTasks("TASK_RUNNING"), `"t1", "host": "198.19.0.11", "ports": [31000], "state": "TASK_RUNNING"`,
+		`"t1", "host": "198.19.0.11", "ports": [31000], "state": "TASK_FAILED"`, 1), nil)
+	if err := r.Sync(context.Background(), false); err == nil || !strings.Contains(err.Error(), "conntrack") {
+		t.Fatalf("Sync with a failing conntrack: %v", err)
+	}
+	full, _ := ct.Lists()
+	if err := r.Sync(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if f2, _ := ct.Lists(); f2 != full+1 {
+		t.Errorf("the retry after a failed pass did not list everything (%d -> %d full listings)", full, f2)
 	}
 }

@@ -411,8 +411,8 @@ func TestMarathonWatchCancel(t *testing.T) {
 			}
 			start := time.Now()
 			w.stop(t)
-			if d := time.Since(start); d > time.Second {
-				t.Errorf("Watch took %s to return", d)
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("Watch took %s to return: it does not stop when cancelled", d)
 			}
 			if m != "fail" {
 				wait(t, closed, 1, "server saw the close")

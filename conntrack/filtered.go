@@ -1,0 +1,232 @@
+package conntrack
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The hand-written half of Kernel: the dumps that github.com/ti-mo/conntrack
+// cannot ask for, with the kernel's status and reply-tuple filters
+// (CTA_STATUS with CTA_STATUS_MASK, CTA_FILTER), sent and read on a
+// ctnetlink socket of its own. The messages are encoded and decoded in
+// wire.go. kernel.go says why there are two paths.
+
+// filtered is the socket of the filtered dumps. Kernel's mutex guards it.
+type filtered struct {
+	maxOne  int // most reply-source addresses dumped one by one before a family dump is cheaper
+	conn    *netlink.Conn
+	raw     syscall.RawConn
+	buf     []byte
+	seq     uint32
+	noTuple bool // the kernel refused a tuple filter: dump whole families
+}
+
+func newFiltered() filtered {
+	return filtered{maxOne: 4, buf: make([]byte, 64<<10)}
+}
+
+// dial opens the socket in the namespace netns refers to (-1: the
+// caller's). A dump is paced by its reader (the kernel serializes the next
+// part only when the socket has room), so the default receive buffer loses
+// nothing.
+func (d *filtered) dial(netns int) error {
+	cfg := &netlink.Config{}
+	if netns >= 0 {
+		cfg.NetNS = netns
+	}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return fmt.Errorf("open ctnetlink socket: %w", err)
+	}
+	raw, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("set up ctnetlink socket: %w", err)
+	}
+	d.conn, d.raw = c, raw
+	return nil
+}
+
+func (d *filtered) close() error {
+	if d.conn == nil {
+		return nil
+	}
+	err := d.conn.Close()
+	d.conn, d.raw = nil, nil
+	return err
+}
+
+// begin readies the socket for one operation bounded by ctx, redialing it
+// after an earlier failure. end throws it away when the operation failed or
+// was cancelled, since unread answers may be left in it.
+func (d *filtered) begin(ctx context.Context, netns int) (end func(*error), err error) {
+	if d.conn == nil {
+		if err := d.dial(netns); err != nil {
+			return nil, err
+		}
+	}
+	dl, _ := ctx.Deadline()
+	if err := d.conn.SetDeadline(dl); err != nil {
+		d.close()
+		return nil, fmt.Errorf("set ctnetlink deadline: %w", err)
+	}
+	c := d.conn
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	return func(errp *error) {
+		if !stop() || *errp != nil {
+			// Cancelled (the deadline may be set in the past at any
+			// moment now) or failed: start afresh next time.
+			d.close()
+			if ctxErr := ctx.Err(); ctxErr != nil && *errp != nil {
+				*errp = fmt.Errorf("%w (%w)", ctxErr, *errp)
+			}
+		}
+	}, nil
+}
+
+func (d *filtered) nextSeq() uint32 {
+	d.seq++
+	if d.seq == 0 {
+		d.seq = 1
+	}
+	return d.seq
+}
+
+// recv reads one datagram into d.buf.
+func (d *filtered) recv() ([]byte, error) {
+	var n, flags int
+	var rerr error
+	err := d.raw.Read(func(fd uintptr) bool {
+		for {
+			n, _, flags, _, rerr = unix.Recvmsg(int(fd), d.buf, nil, unix.MSG_DONTWAIT)
+			if rerr != unix.EINTR {
+				return rerr != unix.EAGAIN
+			}
+		}
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("receive from ctnetlink: %w", err)
+	}
+	if flags&unix.MSG_TRUNC != 0 {
+		return nil, fmt.Errorf("receive from ctnetlink: datagram larger than %d bytes", len(d.buf))
+	}
+	return d.buf[:n], nil
+}
+
+// FlowsFrom implements Interface with the kernel's filters: one dump per
+// IPv4 address that asks only for the DNATed flows whose reply comes from
+// it (a dump of the DNATed IPv4 flows when there are more than a few
+// addresses), and a dump of the DNATed IPv6 flows when there is an IPv6
+// address; the rest is selected here.
+func (k *Kernel) FlowsFrom(ctx context.Context, addrs []netip.Addr) (flows []Flow, err error) {
+	want := make(map[netip.Addr]bool, len(addrs))
+	var v4 []netip.Addr
+	six := false
+	for _, a := range addrs {
+		if !a.IsValid() || want[a] {
+			continue
+		}
+		want[a] = true
+		if a.Is4() {
+			v4 = append(v4, a)
+		} else {
+			six = true
+		}
+	}
+	if len(want) == 0 {
+		return nil, nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.usable(ctx); err != nil {
+		return nil, err
+	}
+	d := &k.filtered
+	end, err := d.begin(ctx, k.netns)
+	if err != nil {
+		return nil, err
+	}
+	defer end(&err)
+	if len(v4) > d.maxOne || d.noTuple {
+		v4 = []netip.Addr{{}}
+	}
+	for _, a := range v4 {
+		if flows, err = d.dump(flows, familyIPv4, a, want); err != nil {
+			return nil, err
+		}
+	}
+	if six {
+		if flows, err = d.dump(flows, familyIPv6, netip.Addr{}, want); err != nil {
+			return nil, err
+		}
+	}
+	return flows, nil
+}
+
+// dump appends the DNATed flows of one dump to out, keeping only those
+// whose reply source is in want.
+func (d *filtered) dump(out []Flow, fam uint8, replySrc netip.Addr, want map[netip.Addr]bool) ([]Flow, error) {
+	seq := d.nextSeq()
+	req := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(msgCTGet), Flags: netlink.Request | netlink.Dump, Sequence: seq},
+		Data:   appendDumpRequest(nil, fam, replySrc),
+	}
+	if _, err := d.conn.Send(req); err != nil {
+		return out, fmt.Errorf("send ctnetlink dump request: %w", err)
+	}
+	for {
+		b, err := d.recv()
+		if err != nil {
+			return out, err
+		}
+		var done bool
+		var errno syscall.Errno
+		err = messages(b, func(m message) error {
+			if m.seq != seq {
+				return nil
+			}
+			switch {
+			case m.typ == nlmsgDone || m.typ == nlmsgError:
+				done = true
+				e, err := m.errno()
+				errno = syscall.Errno(e)
+				return err
+			case m.typ>>8 != subsysCTNetlink:
+				return nil
+			}
+			f, err := parseFlow(m.body)
+			if err != nil {
+				return fmt.Errorf("decode conntrack flow: %w", err)
+			}
+			if f.DNATed() && want[f.ReplySrc.Addr()] {
+				out = append(out, f)
+			}
+			return nil
+		})
+		if err != nil {
+			return out, err
+		}
+		if !done {
+			continue
+		}
+		if errno == 0 {
+			return out, nil
+		}
+		if replySrc.IsValid() && (errno == unix.EOPNOTSUPP || errno == unix.EINVAL) {
+			// This kernel knows CTA_FILTER but refuses ours: dump the
+			// family instead, from now on.
+			d.noTuple = true
+			return d.dump(out, fam, netip.Addr{}, want)
+		}
+		return out, fmt.Errorf("ctnetlink dump: %w", errno)
+	}
+}

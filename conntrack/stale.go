@@ -1,0 +1,152 @@
+package conntrack
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// Options say which flows Stale looks at and which backends keep theirs.
+type Options struct {
+	// FlushUnhealthy deletes the flows of unhealthy backends (--flush-unhealthy,
+	// on by default). When off, unhealthy backends keep their flows like
+	// draining ones.
+	FlushUnhealthy bool
+
+	// FormerVIPs are addresses that were VIPs and may still have flows, but
+	// that the state no longer shows as l4lb's: IP VIPs outside the pools
+	// that were removed since the last successful cleanup (Lost returns
+	// them). The pools and the addresses of the state's VIPs are always
+	// l4lb's and need not be listed.
+	FormerVIPs []netip.Addr
+
+	// Suspects narrows the pass to flows whose reply source address is one
+	// of these: the backends that lost their place since the last successful
+	// cleanup (Lost returns them). Empty means every flow: the full pass.
+	Suspects []netip.Addr
+}
+
+// pair is a backend of a VIP.
+type pair struct {
+	vip     vip.Key
+	backend netip.AddrPort
+}
+
+// keptPairs lists the backends of each VIP that keep their flows.
+func keptPairs(s vip.State, flushUnhealthy bool) map[pair]bool {
+	out := map[pair]bool{}
+	for _, v := range s.VIPs {
+		for _, b := range v.Backends {
+			if keeps(b.State, flushUnhealthy) {
+				out[pair{v.Key(), b.AddrPort()}] = true
+			}
+		}
+	}
+	return out
+}
+
+// keeps reports whether a backend in state st keeps its established flows.
+func keeps(st vip.BackendState, flushUnhealthy bool) bool {
+	switch st {
+	case vip.Active, vip.Draining:
+		return true
+	case vip.Unhealthy:
+		return !flushUnhealthy
+	}
+	return false
+}
+
+// owner answers whether a destination address is l4lb's.
+type owner struct {
+	pool4, pool6 netip.Prefix
+	addrs        map[netip.Addr]bool
+}
+
+func newOwner(s vip.State, former []netip.Addr) owner {
+	o := owner{pool4: s.Pool4, pool6: s.Pool6, addrs: make(map[netip.Addr]bool, len(former))}
+	for _, v := range s.VIPs {
+		if !o.inPools(v.Addr) {
+			o.addrs[v.Addr] = true
+		}
+	}
+	for _, a := range former {
+		o.addrs[a] = true
+	}
+	return o
+}
+
+func (o owner) inPools(a netip.Addr) bool {
+	return (o.pool4.IsValid() && o.pool4.Contains(a)) || (o.pool6.IsValid() && o.pool6.Contains(a))
+}
+
+func (o owner) owns(a netip.Addr) bool { return o.inPools(a) || o.addrs[a] }
+
+// Stale returns the flows to delete: flows that l4lb DNATed (their original
+// destination is one of its addresses and their reply comes from elsewhere)
+// and that the desired state no longer stands behind, because their VIP is
+// gone or their backend is not an active or draining backend of that VIP
+// (nor an unhealthy one, when FlushUnhealthy is off). Flows that are not to
+// an l4lb address are never returned. Stale is pure; the result keeps the
+// order of flows.
+func Stale(flows []Flow, s vip.State, opts Options) []Flow {
+	o := newOwner(s, opts.FormerVIPs)
+	keep := keptPairs(s, opts.FlushUnhealthy)
+	var suspects map[netip.Addr]bool
+	if len(opts.Suspects) > 0 {
+		suspects = make(map[netip.Addr]bool, len(opts.Suspects))
+		for _, a := range opts.Suspects {
+			suspects[a] = true
+		}
+	}
+	var out []Flow
+	for _, f := range flows {
+		if !f.DNATed() || !o.owns(f.OrigDst.Addr()) {
+			continue
+		}
+		if suspects != nil && !suspects[f.ReplySrc.Addr()] {
+			continue
+		}
+		k := vip.Key{Addr: f.OrigDst.Addr(), Proto: f.Proto, Port: f.OrigDst.Port()}
+		if keep[pair{k, f.ReplySrc}] {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// Lost compares the state before and after a change and returns what the
+// change may have made stale: the addresses of backends that kept their
+// flows for some VIP before and no longer do, and the addresses of VIPs
+// that are no longer l4lb's at all (removed IP VIPs outside the pools).
+// Both are sorted. A Cleanup with these as Suspects and FormerVIPs finds
+// every flow the change made stale, looking only at those backends' flows.
+func Lost(prev, cur vip.State, flushUnhealthy bool) (suspects, former []netip.Addr) {
+	now := keptPairs(cur, flushUnhealthy)
+	sus := map[netip.Addr]bool{}
+	for _, v := range prev.VIPs {
+		for _, b := range v.Backends {
+			if keeps(b.State, flushUnhealthy) && !now[pair{v.Key(), b.AddrPort()}] {
+				sus[b.Addr] = true
+			}
+		}
+	}
+	o := newOwner(cur, nil)
+	gone := map[netip.Addr]bool{}
+	for _, v := range prev.VIPs {
+		if !o.owns(v.Addr) {
+			gone[v.Addr] = true
+		}
+	}
+	return sortedAddrs(sus), sortedAddrs(gone)
+}
+
+func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
