@@ -710,6 +710,7 @@ func (h *harness) converge(ctx context.Context) error {
 // established entry was left (the held connections flushed).
 func (h *harness) waitConntrackGone(ctx context.Context, backend netip.AddrPort, t0 time.Time, limit time.Duration) (live, established time.Duration, err error) {
 	deadline := t0.Add(limit)
+	var last string
 	for time.Now().Before(deadline) {
 		out, err := h.env.agent().Run("conntrack", "-L", "-p", "tcp", "--reply-src", backend.Addr().String(),
 			"--reply-port-src", strconv.Itoa(int(backend.Port())))
@@ -717,6 +718,7 @@ func (h *harness) waitConntrackGone(ctx context.Context, backend netip.AddrPort,
 			return 0, 0, fmt.Errorf("conntrack -L: %w", err)
 		}
 		n, est := countConntrack(out)
+		last = out
 		if est == 0 && established == 0 {
 			established = time.Since(t0)
 		}
@@ -729,7 +731,13 @@ func (h *harness) waitConntrackGone(ctx context.Context, backend netip.AddrPort,
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return 0, established, fmt.Errorf("live conntrack entries of %s still there %s after the change", backend, limit)
+	var left []string
+	for _, line := range strings.Split(last, "\n") {
+		if f := strings.Fields(line); len(f) > 3 && f[2] != "0" && len(left) < 3 {
+			left = append(left, strings.Join(f, " "))
+		}
+	}
+	return 0, established, fmt.Errorf("live conntrack entries of %s still there %s after the change: %s", backend, limit, strings.Join(left, "; "))
 }
 
 // countConntrack counts the live entries of `conntrack -L` output
