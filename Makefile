@@ -59,7 +59,7 @@ demo: deps build
 	$(GO) run ./scripts/demo
 
 ## bench: the full benchmark (data path against kube-proxy's layouts, control
-## plane, convergence) in namespaces it removes; about 15 minutes. Writes
+## plane, convergence) in namespaces it removes; 11 to 16 minutes here. Writes
 ## bench/results/latest.{json,md}, the plots, and the README's Benchmarks table.
 BENCH := bin/l4lb-bench
 bench-bin:
