@@ -12,7 +12,7 @@ PKGS     := ./...
 APT_PKGS := nftables iproute2 conntrack iperf3 dnsutils dnsperf socat curl iptables procps ca-certificates
 APT_BINS := nft ip conntrack iperf3 dig dnsperf socat curl iptables sysctl
 
-.PHONY: all build test test-short lint fmt demo deps deps-apt deps-go fuzz clean
+.PHONY: all build test test-short lint fmt demo deps deps-apt deps-go fuzz clean bench bench-quick bench-bin
 
 all: build
 
@@ -57,6 +57,20 @@ fuzz:
 ## demo: the main job on the embedded example, in namespaces it removes
 demo: deps build
 	$(GO) run ./scripts/demo
+
+## bench: the full benchmark (data path against kube-proxy's layouts, control
+## plane, convergence) in namespaces it removes; 11 to 16 minutes here. Writes
+## bench/results/latest.{json,md}, the plots, and the README's Benchmarks table.
+BENCH := bin/l4lb-bench
+bench-bin:
+	$(GO) build -o $(BENCH) ./bench/cmd/l4lb-bench
+
+bench: deps build bench-bin
+	$(BENCH) --mode full --out bench/results --readme README.md
+
+## bench-quick: the same with short runs and small sizes, under 2 minutes
+bench-quick: deps build bench-bin
+	$(BENCH) --mode quick --out bench/results --readme README.md
 
 clean:
 	rm -rf bin
