@@ -89,6 +89,23 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 	if len(data) == 0 {
 		return nil, nil, errors.New("empty input: want a Marathon app, an array of apps or {\"apps\": [...]}")
 	}
+	// Fast path: a well-formed list decodes in one pass. Anything else
+	// (an app that does not decode, another shape) takes the slow path,
+	// which isolates the culprits.
+	switch data[0] {
+	case '[':
+		var apps []App
+		if json.Unmarshal(data, &apps) == nil {
+			return finishApps(apps)
+		}
+	case '{':
+		var list struct {
+			Apps *[]App `json:"apps"`
+		}
+		if json.Unmarshal(data, &list) == nil && list.Apps != nil {
+			return finishApps(*list.Apps)
+		}
+	}
 	var raws []json.RawMessage
 	switch data[0] {
 	case '[':
@@ -101,6 +118,9 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 			return nil, nil, fmt.Errorf("decode json object: %w", err)
 		}
 		if apps, ok := top["apps"]; ok {
+			if string(bytes.TrimSpace(apps)) == "null" {
+				return nil, nil, errors.New(`"apps" is null: want a list of apps`)
+			}
 			if err := json.Unmarshal(apps, &raws); err != nil {
 				return nil, nil, fmt.Errorf("decode \"apps\": %w", err)
 			}
@@ -136,6 +156,23 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 		}
 		// Marathon ids are absolute paths; definitions written by hand, like
 		// the DC/OS documentation's, may leave out the leading slash.
+		if !strings.HasPrefix(app.ID, "/") {
+			app.ID = "/" + app.ID
+		}
+		apps = append(apps, app)
+	}
+	return apps, problems, nil
+}
+
+// finishApps checks and normalizes apps that decoded in one pass.
+func finishApps(in []App) ([]App, []Problem, error) {
+	apps := in[:0]
+	var problems []Problem
+	for i, app := range in {
+		if app.ID == "" {
+			problems = append(problems, Problem{App: fmt.Sprintf("#%d", i), Reason: "app has no id"})
+			continue
+		}
 		if !strings.HasPrefix(app.ID, "/") {
 			app.ID = "/" + app.ID
 		}

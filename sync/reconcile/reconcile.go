@@ -73,7 +73,7 @@ type Reconciler struct {
 	log *slog.Logger
 
 	mu        sync.Mutex // serialises syncs
-	good      *goodState // last good read of the sources
+	good      *goodState // desired state from the last good read of the sources
 	alloc     vip.Allocations
 	allocErr  error
 	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
@@ -83,9 +83,11 @@ type Reconciler struct {
 	status    atomic.Pointer[Status]
 }
 
-// goodState is what the last good read of the sources gave.
+// goodState is the desired state the last good read of the sources gave.
+// The apps themselves are not kept: a source that fails keeps this.
 type goodState struct {
-	snap source.Snapshot
+	state    vip.State
+	problems []vip.Problem
 }
 
 // New returns a reconciler. It loads the persisted allocations; a corrupt
@@ -138,7 +140,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 
 	snap, srcErr := source.LoadAll(ctx, r.cfg.Sources)
 	if srcErr == nil {
-		r.good = &goodState{snap: snap}
+		r.good = r.desired(snap)
 		st.Stale, st.SourceErrors = false, 0
 		m.sourceStale.Set(0)
 	} else {
@@ -155,23 +157,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 		r.log.Warn("sources failed; keeping the last good state", "err", srcErr, "failures", st.SourceErrors)
 	}
 
-	model := r.cfg.Model
-	model.Previous = r.alloc
-	state, problems := vip.Desired(r.good.snap.Apps, model)
-	problems = append(append([]vip.Problem{}, r.good.snap.Problems...), problems...)
-	if !state.Allocations.Equal(r.alloc) {
-		if r.cfg.StateDir != "" {
-			if err := vip.SaveAllocations(r.cfg.StateDir, state.Allocations); err != nil {
-				// Keep going: the kernel must follow the sources; the next
-				// sync tries to save again.
-				r.log.Error("cannot save allocations", "err", err)
-			} else {
-				r.alloc = state.Allocations
-			}
-		} else {
-			r.alloc = state.Allocations
-		}
-	}
+	state, problems := r.good.state, r.good.problems
 
 	rs := nat.Compile(state, r.cfg.Table)
 	fp := rs.Fingerprint()
@@ -263,6 +249,29 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full b
 			"full", res.Full, "listed", res.Flows, "took", (res.Dump + res.Select + res.Delete).String())
 	}
 	return nil
+}
+
+// desired computes the desired state of a good read and persists new
+// address allocations.
+func (r *Reconciler) desired(snap source.Snapshot) *goodState {
+	model := r.cfg.Model
+	model.Previous = r.alloc
+	state, problems := vip.Desired(snap.Apps, model)
+	problems = append(append([]vip.Problem{}, snap.Problems...), problems...)
+	if !state.Allocations.Equal(r.alloc) {
+		if r.cfg.StateDir != "" {
+			if err := vip.SaveAllocations(r.cfg.StateDir, state.Allocations); err != nil {
+				// Keep going: the kernel must follow the sources; the next
+				// sync tries to save again.
+				r.log.Error("cannot save allocations", "err", err)
+			} else {
+				r.alloc = state.Allocations
+			}
+		} else {
+			r.alloc = state.Allocations
+		}
+	}
+	return &goodState{state: state, problems: problems}
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
