@@ -10,18 +10,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/l4lb/l4lb/internal/nsenter"
 )
 
 // NS is a named network namespace created by this package.
@@ -128,29 +126,7 @@ func (n *NS) Do(fn func() error) error {
 		return err
 	}
 	defer target.Close()
-	return doIn(int(target.Fd()), fn)
-}
-
-func doIn(fd int, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns: %w", err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread is stuck in the namespace: keep it locked so that the
-		// runtime throws it away when this goroutine ends.
-		return errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nsenter.Do(int(target.Fd()), fn)
 }
 
 // Sysctl sets a sysctl inside the namespace, e.g. "net.ipv4.ip_forward" "1".

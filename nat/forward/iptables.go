@@ -9,12 +9,12 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 
 	ipt "github.com/coreos/go-iptables/iptables"
-	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/internal/nsenter"
 )
 
 // This is the only file of the package that runs iptables.
@@ -204,23 +204,5 @@ func (k *Kernel) do(fn func() error) error {
 	if !k.inNS {
 		return fn()
 	}
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("open current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := unix.Setns(k.netnsFd, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// The thread stays locked and in the namespace: the runtime
-		// discards it when this goroutine ends.
-		return errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nsenter.Do(k.netnsFd, fn)
 }
