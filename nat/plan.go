@@ -129,6 +129,7 @@ type plan struct {
 	hairpinDel []netip.Addr
 	strays     []beKey  // backend elements to delete
 	dropChains []string // lbN chains no longer used, deleted last
+	delta      bool     // from makeDeltaPlan: the address lists are patched, not copied
 }
 
 // unit is one VIP's changes: the old element out, slots changed, the new
@@ -293,6 +294,7 @@ func makeDeltaPlan(o *observed, want *Ruleset) *plan {
 	p.strays = o.strays
 	p.ipvipsAdd, p.ipvipsDel = d.ipvipsAdd, d.ipvipsDel
 	p.hairpinAdd, p.hairpinDel = d.hairpinAdd, d.hairpinDel
+	p.delta = true
 	return p
 }
 
@@ -409,8 +411,8 @@ func addrChanges(cur, want []netip.Addr) (add, del []netip.Addr) {
 }
 
 // apply updates o to what the kernel holds after the plan succeeded and
-// returns it. It keeps references to want's slices: a Ruleset must not be
-// changed once applied.
+// returns it. It keeps no reference to want's address lists (a Compiler
+// changes them in place).
 func (o *observed) apply(p *plan, want *Ruleset) *observed {
 	if p.rebuild {
 		o = newObserved()
@@ -430,8 +432,14 @@ func (o *observed) apply(p *plan, want *Ruleset) *observed {
 	}
 	o.vips = applyUnits(o.vips, p.units)
 	o.strays = nil
-	o.ipvips = want.IPVIPs
-	o.hairpin = want.Hairpin
+	if p.delta {
+		// o's lists are its own: patch them as the plan did the kernel.
+		o.ipvips = patchAddrs(o.ipvips, p.ipvipsAdd, p.ipvipsDel)
+		o.hairpin = patchAddrs(o.hairpin, p.hairpinAdd, p.hairpinDel)
+	} else {
+		o.ipvips = slices.Clone(want.IPVIPs)
+		o.hairpin = slices.Clone(want.Hairpin)
+	}
 	return o
 }
 

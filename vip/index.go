@@ -26,7 +26,8 @@ type Index struct {
 	owner  map[netip.Addr]string // named allocations: address -> name
 	dirty  map[unitKey]bool
 
-	vips         []VIP // sorted by key; replaced, never changed in place
+	vips         []VIP // sorted by key; changed in place by Commit
+	version      uint64
 	allocChanged bool
 	allocSnap    Allocations
 	problems     []Problem // sorted; nil when it must be rebuilt
@@ -153,6 +154,7 @@ func (x *Index) Commit() Change {
 	slices.SortFunc(after, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
 	if len(before)+len(after) > 0 {
 		x.vips = patchVIPs(x.vips, before, after)
+		x.version++
 	}
 	if x.allocChanged {
 		x.allocSnap = Allocations{V4: maps.Clone(x.alloc4), V6: maps.Clone(x.alloc6)}
@@ -160,8 +162,13 @@ func (x *Index) Commit() Change {
 	return Change{Before: before, After: after, Allocations: x.allocChanged}
 }
 
-// State returns the current desired state. Its slices are shared with
-// later States and must not be changed.
+// Version counts the Commits that changed the VIPs.
+func (x *Index) Version() uint64 { return x.version }
+
+// State returns the current desired state. It is a view: its VIPs are
+// changed in place by the next Commit (so that a change costs what it
+// changes, not a copy of every VIP). Copy it to keep it, and do not change
+// it.
 func (x *Index) State() State {
 	return State{VIPs: x.vips, Pool4: x.cfg.Pool4, Pool6: x.cfg.Pool6, Allocations: x.allocSnap}
 }
@@ -393,36 +400,40 @@ func diffVIPs(old, cur []VIP) (before, after []VIP) {
 	return before, after
 }
 
-// patchVIPs returns a new sorted list: vips without before, with after.
+// patchVIPs changes a sorted list in place: the VIPs of before are
+// replaced by the VIPs of after with the same key, or removed, and the
+// other VIPs of after are inserted. Only insertions and removals move
+// memory; no change allocates unless the list grows past its capacity.
 func patchVIPs(vips, before, after []VIP) []VIP {
-	out := make([]VIP, 0, len(vips)-len(before)+len(after))
-	i, j, k := 0, 0, 0
-	for i < len(vips) || k < len(after) {
-		// Skip the VIPs that are replaced or gone.
-		if i < len(vips) && j < len(before) && vips[i].Key() == before[j].Key() {
-			i++
-			j++
+	next := make(map[Key]int, len(after))
+	for i, v := range after {
+		next[v.Key()] = i
+	}
+	done := make([]bool, len(after))
+	for _, v := range before {
+		i := searchVIP(vips, v.Key())
+		if i == len(vips) || vips[i].Key() != v.Key() {
 			continue
 		}
-		switch {
-		case k == len(after) || (i < len(vips) && vips[i].Key().Compare(after[k].Key()) < 0):
-			// Copy the run of untouched VIPs up to the next change at once.
-			end := len(vips)
-			if j < len(before) {
-				end = min(end, searchVIP(vips, before[j].Key()))
-			}
-			if k < len(after) {
-				end = min(end, searchVIP(vips, after[k].Key()))
-			}
-			end = max(end, i+1)
-			out = append(out, vips[i:end]...)
-			i = end
-		default:
-			out = append(out, after[k])
-			k++
+		if j, ok := next[v.Key()]; ok {
+			vips[i] = after[j]
+			done[j] = true
+			continue
 		}
+		vips = slices.Delete(vips, i, i+1)
 	}
-	return out
+	for j, v := range after {
+		if done[j] {
+			continue
+		}
+		i := searchVIP(vips, v.Key())
+		if i < len(vips) && vips[i].Key() == v.Key() {
+			vips[i] = v
+			continue
+		}
+		vips = slices.Insert(vips, i, v)
+	}
+	return vips
 }
 
 // searchVIP returns the index of the first VIP whose key is not below k.

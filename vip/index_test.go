@@ -116,6 +116,7 @@ func TestIndexEqualsBuild(t *testing.T) {
 				t.Fatalf("seed %d step %d: change before %v after %v, want %v %v", seed, step, ch.Before, ch.After, b, a)
 			}
 			prev = got
+			prev.VIPs = slices.Clone(got.VIPs)
 		}
 	}
 }
