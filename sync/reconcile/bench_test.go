@@ -2,7 +2,6 @@ package reconcile
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"runtime"
@@ -20,7 +19,7 @@ import (
 func benchApp(i, b int, bad, extra bool) vip.App {
 	app := vip.App{ID: fmt.Sprintf("/bench/svc%05d", i),
 		PortDefinitions: []vip.Port{{Protocol: "tcp", Labels: map[string]string{"VIP_0": fmt.Sprintf("svc%05d:80", i)}}},
-		HealthChecks:    make([]json.RawMessage, 1)}
+		HealthChecks:    make([]vip.HealthCheck, 1)}
 	n := b
 	if extra {
 		n++
