@@ -101,7 +101,8 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 	// (an app that does not decode, another shape) takes the slow path,
 	// which isolates the culprits.
 	// A large list is cut into its elements and decoded on every CPU.
-	if elems, ok := appElements(data); ok && len(elems) >= parallelMin {
+	// The cut checks only the nesting: the whole input must be valid JSON.
+	if elems, ok := appElements(data); ok && len(elems) >= parallelMin && json.Valid(data) {
 		if apps, ok := decodeParallel(elems); ok {
 			return finishApps(apps)
 		}
