@@ -23,6 +23,9 @@ type Config struct {
 	Framework string       // framework label in names, FrameworkMarathon when empty
 	Resolver  Resolver     // for task hosts that are names; nil accepts literals only
 	Previous  Allocations  // earlier named VIP addresses, kept while their VIP lives
+	// Guard refuses IP VIP addresses that are not meant for VIPs; the zero
+	// Guard applies the static rules and the hosts of the desired state.
+	Guard Guard
 }
 
 // decl is one VIP label of one port of one app, for one protocol.
@@ -75,6 +78,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 	var problems []Problem
 	groups := map[groupID]*group{}
 	seen := map[string]bool{}
+	hosts := Hosts{}
 
 	sorted := slices.Clone(apps)
 	slices.SortStableFunc(sorted, func(a, b App) int { return strings.Compare(a.ID, b.ID) })
@@ -87,12 +91,15 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		ports, mode := appPorts(app)
 		tasks, taskProblems := parseTasks(app)
 		problems = append(problems, taskProblems...)
+		taskHosts(app, hosts)
+		declared := false
 		for i, port := range ports {
 			decls, declProblems := portDecls(app.ID, port, cfg)
 			problems = append(problems, declProblems...)
 			if len(decls) == 0 {
 				continue
 			}
+			declared = true
 			backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
 			problems = append(problems, beProblems...)
 			for _, d := range decls {
@@ -107,9 +114,14 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 				g.backends = append(g.backends, backends...)
 			}
 		}
+		if declared {
+			// Every address of the hosts that are names (the resolver
+			// caches them), so that no IP VIP takes one.
+			resolveTaskHosts(app.ID, tasks, cfg.Resolver, hosts)
+		}
 	}
 
-	state, buildProblems := build(groups, cfg)
+	state, buildProblems := build(groups, hosts, cfg)
 	problems = append(problems, buildProblems...)
 	return state, sortProblems(problems)
 }
@@ -170,12 +182,30 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 
 // build turns groups into VIPs: addresses for named VIPs, family checks for
 // IP VIPs, sorted output.
-func build(groups map[groupID]*group, cfg Config) (State, []Problem) {
+func build(groups map[groupID]*group, hosts Hosts, cfg Config) (State, []Problem) {
 	var problems []Problem
 	keys := slices.SortedFunc(maps.Keys(groups), groupID.compare)
 	for _, k := range keys {
-		groups[k].dedupe()
+		g := groups[k]
+		g.dedupe()
+		for _, b := range g.backends {
+			hosts.Add(b.Addr, fmt.Sprintf("backend %s of task %s of app %s", b.AddrPort(), b.Task, b.App))
+		}
 	}
+	// IP VIPs that would take an address not meant for VIPs are refused
+	// before anything else sees them.
+	keys = slices.DeleteFunc(keys, func(k groupID) bool {
+		g := groups[k]
+		if g.spec.Name != "" {
+			return false
+		}
+		reason := cfg.Guard.Reason(g.spec.IP, hosts)
+		if reason == "" {
+			return false
+		}
+		problems = append(problems, groupProblems(g, fmt.Sprintf("IP VIP address %s refused: %s", g.spec.IP, reason))...)
+		return true
+	})
 
 	// IP VIP addresses are reserved: the allocator never hands them out.
 	reserved := map[netip.Addr]bool{}

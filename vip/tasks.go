@@ -178,6 +178,50 @@ func parseTasks(app App) ([]liveTask, []Problem) {
 	return out, problems
 }
 
+// taskHosts records the literal host addresses of all of an app's tasks,
+// whatever their state: an IP VIP must not take a host's address. Host
+// names are resolved only where they back a VIP (portBackends), so that
+// apps without VIPs cost no lookups.
+func taskHosts(app App, hosts Hosts) {
+	for i := range app.Tasks {
+		t := &app.Tasks[i]
+		if t.Host == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(t.Host); err == nil && a.Zone() == "" {
+			id := t.ID
+			if id == "" {
+				id = fmt.Sprintf("#%d", i)
+			}
+			hosts.Add(a, fmt.Sprintf("task host %s of task %s of app %s", t.Host, id, app.ID))
+		}
+	}
+}
+
+// resolveTaskHosts records every address of the live tasks' hosts that are
+// names. A name that does not resolve is left out: its task reports it
+// where it backs a VIP on the host's address.
+func resolveTaskHosts(appID string, tasks []liveTask, r Resolver, hosts Hosts) {
+	if r == nil {
+		return
+	}
+	for _, t := range tasks {
+		if t.Host == "" {
+			continue
+		}
+		if _, err := netip.ParseAddr(t.Host); err == nil {
+			continue
+		}
+		addrs, err := r.LookupHost(t.Host)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			hosts.Add(a, fmt.Sprintf("task host %s of task %s of app %s", t.Host, t.id, appID))
+		}
+	}
+}
+
 // portBackends finds the backends of port i for every live task:
 //   - a port with a host port (host networking, bridge, or a mapping that
 //     names a hostPort) is served at the task's host and its host port;
