@@ -17,6 +17,7 @@ import (
 
 	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/dns"
+	"github.com/l4lb/l4lb/localnet"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/runner"
@@ -42,11 +43,16 @@ type Config struct {
 	// look only at the backends that lost their place. 5 minutes when zero.
 	ConntrackFullEvery time.Duration
 	Metrics            *Metrics   // nil: not measured
-	Model              vip.Config // pools, domain, resolver; Previous is managed here
-	Table              string
-	StateDir           string // where allocations persist; empty keeps them in memory
-	Logger             *slog.Logger
-	Now                func() time.Time // time.Now when nil
+	Model              vip.Config // pools, domain, resolver, guard; Previous and Guard.Local are managed here
+	// Local reads the agent's addresses and connected networks, which no IP
+	// VIP may take; re-read every time the desired state is computed, so a
+	// new interface counts at once. nil keeps Model.Guard.Local as given.
+	// A failed read keeps the last good one (Model.Guard.Local at first).
+	Local    localnet.Interface
+	Table    string
+	StateDir string // where allocations persist; empty keeps them in memory
+	Logger   *slog.Logger
+	Now      func() time.Time // time.Now when nil
 }
 
 // Publisher is what the DNS server offers the loop.
@@ -76,10 +82,11 @@ type Reconciler struct {
 	good      *goodState // desired state from the last good read of the sources
 	alloc     vip.Allocations
 	allocErr  error
-	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
-	unchecked string    // last report of iptables backends that cannot be inspected
-	ctFullAt  time.Time // when the last full conntrack pass ran
-	published *dns.Zone // what DNS answers from; nil before the first publish
+	applied   uint64         // fingerprint of the last ruleset in the kernel; 0 when unknown
+	unchecked string         // last report of iptables backends that cannot be inspected
+	ctFullAt  time.Time      // when the last full conntrack pass ran
+	published *dns.Zone      // what DNS answers from; nil before the first publish
+	local     *vip.LocalNets // the agent's networks at the last good read
 	status    atomic.Pointer[Status]
 }
 
@@ -103,7 +110,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	r := &Reconciler{cfg: cfg, log: cfg.Logger}
+	r := &Reconciler{cfg: cfg, log: cfg.Logger, local: cfg.Model.Guard.Local}
 	if cfg.StateDir != "" {
 		r.alloc, r.allocErr = vip.LoadAllocations(cfg.StateDir)
 		if r.allocErr != nil {
@@ -140,7 +147,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 
 	snap, srcErr := source.LoadAll(ctx, r.cfg.Sources)
 	if srcErr == nil {
-		r.good = r.desired(snap)
+		r.good = r.desired(ctx, snap)
 		st.Stale, st.SourceErrors = false, 0
 		m.sourceStale.Set(0)
 	} else {
@@ -253,9 +260,10 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full b
 
 // desired computes the desired state of a good read and persists new
 // address allocations.
-func (r *Reconciler) desired(snap source.Snapshot) *goodState {
+func (r *Reconciler) desired(ctx context.Context, snap source.Snapshot) *goodState {
 	model := r.cfg.Model
 	model.Previous = r.alloc
+	model.Guard.Local = r.readLocal(ctx)
 	state, problems := vip.Desired(snap.Apps, model)
 	problems = append(append([]vip.Problem{}, snap.Problems...), problems...)
 	if !state.Allocations.Equal(r.alloc) {
@@ -272,6 +280,24 @@ func (r *Reconciler) desired(snap source.Snapshot) *goodState {
 		}
 	}
 	return &goodState{state: state, problems: problems}
+}
+
+// readLocal re-reads the agent's networks for the IP VIP guard; a failed
+// read keeps the last good one.
+func (r *Reconciler) readLocal(ctx context.Context) *vip.LocalNets {
+	if r.cfg.Local == nil {
+		return r.local
+	}
+	l, err := r.cfg.Local.Read(ctx)
+	if err != nil {
+		r.log.Warn("cannot read the agent's networks; IP VIPs are checked against the last known ones", "err", err)
+		return r.local
+	}
+	if r.local == nil || l.String() != r.local.String() {
+		r.log.Info("agent networks", "networks", l.String())
+	}
+	r.local = l
+	return l
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
