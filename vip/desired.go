@@ -203,7 +203,10 @@ func build(groups map[groupID]*group, hosts Hosts, cfg Config) (State, []Problem
 		if reason == "" {
 			return false
 		}
-		problems = append(problems, groupProblems(g, fmt.Sprintf("IP VIP address %s refused: %s", g.spec.IP, reason))...)
+		for _, p := range groupProblems(g, fmt.Sprintf("IP VIP address %s refused: %s", g.spec.IP, reason)) {
+			p.Refused = g.spec.IP.String()
+			problems = append(problems, p)
+		}
 		return true
 	})
 

@@ -258,4 +258,9 @@ func TestDesiredRefusalNamesEveryLabel(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+	for _, p := range problems {
+		if p.Refused != "127.0.0.53" {
+			t.Errorf("problem %+v does not carry the refused address", p)
+		}
+	}
 }

@@ -192,6 +192,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	r.applied = fp
 	r.syncForward(ctx, rs)
 	m.observeState(state, len(problems))
+	m.observeRefused(problems)
 	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	first := !st.Synced
 	st.Synced = true

@@ -6,9 +6,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/dns"
@@ -320,10 +323,12 @@ func TestLocalNetworksReadEverySync(t *testing.T) {
 	src := &fakeSource{}
 	fk := nat.NewFake()
 	local := &localnet.Fake{Nets: &vip.LocalNets{Own: []netip.Prefix{netip.MustParsePrefix("198.19.0.1/32")}}}
+	reg := prometheus.NewRegistry()
 	r := New(Config{
 		Sources: []source.Source{src},
 		NAT:     fk,
 		Local:   local,
+		Metrics: NewMetrics(reg),
 		Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/17"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
 	})
 	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "198.19.0.1:80"}}]}`, nil)
@@ -341,6 +346,9 @@ func TestLocalNetworksReadEverySync(t *testing.T) {
 	if strings.Contains(fk.Dump(), "198.19.0.1") {
 		t.Errorf("the refused address is programmed:\n%s", fk.Dump())
 	}
+	if got := refusedSeries(t, reg); !slices.Equal(got, []string{"/ip VIP_1 198.19.0.1"}) {
+		t.Errorf("l4lb_ip_vips_refused: %v", got)
+	}
 
 	// A new interface puts the IP VIP inside a connected network.
 	local.Nets = &vip.LocalNets{Own: local.Nets.Own, Connected: []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}}
@@ -352,6 +360,9 @@ func TestLocalNetworksReadEverySync(t *testing.T) {
 	}
 	if strings.Contains(fk.Dump(), "198.18.255.1") {
 		t.Errorf("the IP VIP inside a connected network is still programmed:\n%s", fk.Dump())
+	}
+	if got := refusedSeries(t, reg); !slices.Equal(got, []string{"/ip VIP_0 198.18.255.1", "/ip VIP_1 198.19.0.1"}) {
+		t.Errorf("l4lb_ip_vips_refused: %v", got)
 	}
 
 	// A failed read keeps the last networks.
@@ -365,4 +376,28 @@ func TestLocalNetworksReadEverySync(t *testing.T) {
 	if local.Reads != 3 {
 		t.Errorf("networks read %d times in 3 syncs", local.Reads)
 	}
+}
+
+// refusedSeries lists the l4lb_ip_vips_refused series as "app label address".
+func refusedSeries(t *testing.T, reg *prometheus.Registry) []string {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		if f.GetName() != "l4lb_ip_vips_refused" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			out = append(out, l["app"]+" "+l["label"]+" "+l["address"])
+		}
+	}
+	slices.Sort(out)
+	return out
 }
