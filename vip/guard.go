@@ -197,3 +197,34 @@ func (g Guard) RangeReason(a netip.Addr) string {
 	}
 	return "outside --ip-vip-ranges " + strings.Join(s, ",")
 }
+
+// Filter applies the guard to a desired state that was computed elsewhere
+// (in cluster mode, by the controller): an agent drops the IP VIPs that it
+// refuses, whatever the state says. The hosts are the state's backends.
+// Each refusal is a problem per app that declares the VIP, with the VIP's
+// label (ip:port/proto) in place of the app's label key, which the state
+// does not keep.
+func (g Guard) Filter(s State) (State, []Problem) {
+	hosts := Hosts{}
+	for _, v := range s.VIPs {
+		for _, b := range v.Backends {
+			hosts.Add(b.Addr, fmt.Sprintf("backend %s of task %s of app %s", b.AddrPort(), b.Task, b.App))
+		}
+	}
+	var problems []Problem
+	kept := make([]VIP, 0, len(s.VIPs))
+	for _, v := range s.VIPs {
+		if v.Name == "" {
+			if reason := g.Reason(v.Addr, hosts); reason != "" {
+				for _, app := range v.Apps {
+					problems = append(problems, Problem{App: app, Label: v.String(), Refused: v.Addr.String(),
+						Reason: fmt.Sprintf("IP VIP address %s refused: %s", v.Addr, reason)})
+				}
+				continue
+			}
+		}
+		kept = append(kept, v)
+	}
+	s.VIPs = kept
+	return s, problems
+}

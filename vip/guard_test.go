@@ -264,3 +264,34 @@ func TestDesiredRefusalNamesEveryLabel(t *testing.T) {
 		}
 	}
 }
+
+// An agent fed a ready-made state (cluster mode) applies its local part
+// itself: IP VIPs inside its networks go, named VIPs and other IP VIPs stay.
+func TestGuardFilter(t *testing.T) {
+	s, problems := desired(t, `[
+	  {"id": "/a", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "198.19.0.20:80", "VIP_2": "a:80"}}],
+	   "tasks": [{"id": "t", "host": "198.20.0.2", "ports": [31000], "state": "TASK_RUNNING"}]},
+	  {"id": "/b", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.19.0.20:80"}}]}
+	]`)
+	if len(problems) != 0 || len(s.VIPs) != 3 {
+		t.Fatalf("without the agent's networks: VIPs %v problems %v", vipsOf(s), problemsOf(problems))
+	}
+	// The controller could not know the agent's networks; a state that
+	// holds a backend's address as an IP VIP is refused too.
+	s.VIPs = append(s.VIPs, VIP{Addr: netip.MustParseAddr("198.20.0.2"), Port: 81, Proto: TCP, Apps: []string{"/c"}})
+	got, problems := Guard{Local: testLocal()}.Filter(s)
+	if want := []string{"198.18.255.1:80/tcp v4 [198.20.0.2:31000 active]", "a.marathon.l4lb.thisdcos.directory:80/tcp v4 [198.20.0.2:31000 active]"}; !slices.Equal(vipsOf(got), want) {
+		t.Errorf("VIPs = %v, want %v", vipsOf(got), want)
+	}
+	want := []string{
+		"app /a label 198.19.0.20:80/tcp: IP VIP address 198.19.0.20 refused: inside 198.19.0.0/24, a network this agent is directly connected to",
+		"app /b label 198.19.0.20:80/tcp: IP VIP address 198.19.0.20 refused: inside 198.19.0.0/24, a network this agent is directly connected to",
+		"app /c label 198.20.0.2:81/tcp: IP VIP address 198.20.0.2 refused: the address of backend 198.20.0.2:31000 of task t of app /a",
+	}
+	if got := problemsOf(problems); !slices.Equal(got, want) {
+		t.Errorf("problems:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(s.VIPs) != 4 {
+		t.Errorf("Filter changed its input: %d VIPs", len(s.VIPs))
+	}
+}

@@ -175,7 +175,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv := &http.Server{Handler: api.Handler(rec.Status, metrics), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
-		"vipPool6", f.pool6.String(), "ipVIPRanges", prefixListFlag{&f.ipRanges}.String(), "agentNetworks", local.String(), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
+		"vipPool6", f.pool6.String(), "ipVIPRanges", prefixListFlag{&f.ipRanges}.String(), "agentOwn", len(local.Own), "agentConnected", len(local.Connected), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
 		"dnsUpstreams", f.dnsUpstreams.String(), "zone", f.zone, "resync", f.resync.String())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

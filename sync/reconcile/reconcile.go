@@ -295,7 +295,8 @@ func (r *Reconciler) readLocal(ctx context.Context) *vip.LocalNets {
 		return r.local
 	}
 	if r.local == nil || l.String() != r.local.String() {
-		r.log.Info("agent networks", "networks", l.String())
+		r.log.Info("agent networks changed", "own", len(l.Own), "connected", len(l.Connected))
+		r.log.Debug("agent networks", "networks", l.String())
 	}
 	r.local = l
 	return l
