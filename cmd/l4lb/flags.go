@@ -117,7 +117,7 @@ func (m *modelFlags) checkPoolsLocal(l *vip.LocalNets) error {
 		p    netip.Prefix
 	}{{"--vip-pool", m.pool4}, {"--vip-pool6", m.pool6}} {
 		if reason := l.PoolReason(p.p); reason != "" {
-			return fmt.Errorf("%w: %s %s %s: named VIPs would take these addresses over", errUsage, p.flag, p.p, reason)
+			return fmt.Errorf("%s %s %s: named VIPs would take these addresses over", p.flag, p.p, reason)
 		}
 	}
 	return nil

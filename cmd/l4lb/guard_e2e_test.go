@@ -229,3 +229,44 @@ func TestIPVIPGuard(t *testing.T) {
 		t.Errorf("IP VIP 198.18.255.1:80 after the new network: %s", got)
 	}
 }
+
+// TestRunRefusesPoolOverAgentNetworks: a pool that overlaps the agent's
+// connected networks stops `l4lb run` at start with a clear message, before
+// anything is programmed.
+func TestRunRefusesPoolOverAgentNetworks(t *testing.T) {
+	topo := netns.TopologyForTest(t, "l4gp", 0, 0, "nft")
+	agent := topo.Agent.NS
+	dir := t.TempDir()
+	apps := filepath.Join(dir, "apps.json")
+	if err := os.WriteFile(apps, []byte(`[]`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		pools []string
+		want  string
+	}{
+		{[]string{"--vip-pool", "198.19.0.0/16"}, "--vip-pool 198.19.0.0/16 overlaps 198.19.0.1/32, addresses of this agent"},
+		{[]string{"--vip-pool", "198.19.0.128/25"}, "--vip-pool 198.19.0.128/25 overlaps 198.19.0.255/32, addresses of this agent"},
+		{[]string{"--vip-pool6", "fd00:198:19::/120"}, "--vip-pool6 fd00:198:19::/120 overlaps fd00:198:19::/128, addresses of this agent"},
+		{[]string{"--vip-pool", "127.0.0.0/16"}, "--vip-pool 127.0.0.0/16 overlaps 127.0.0.0/8: loopback address"},
+	} {
+		args := append([]string{"run", "--source", "file:" + apps, "--state-dir", filepath.Join(dir, "state"), "--dns-listen", "",
+			"--api-listen", "127.0.0.1:0"}, c.pools...)
+		if !slices.Contains(c.pools, "--vip-pool") {
+			args = append(args, "--vip-pool", "198.18.0.0/16")
+		}
+		if !slices.Contains(c.pools, "--vip-pool6") {
+			args = append(args, "--vip-pool6", "fd00:198:18::/64")
+		}
+		out, err := agent.Run(l4lbBinary(t), args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v\n%s\nwant an error with %q", c.pools, err, out, c.want)
+		}
+	}
+	if out, _ := agent.Run("nft", "list", "tables"); strings.Contains(out, "l4lb") {
+		t.Errorf("a refused start programmed the table: %q", out)
+	}
+	if out, _ := agent.Run("ip", "route", "show", "proto", "241"); strings.TrimSpace(out) != "" {
+		t.Errorf("a refused start added routes: %q", out)
+	}
+}
