@@ -78,7 +78,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 	var problems []Problem
 	groups := map[groupID]*group{}
 	seen := map[string]bool{}
-	hosts := Hosts{}
+	declared := map[string]bool{} // apps with at least one VIP label
 
 	sorted := slices.Clone(apps)
 	slices.SortStableFunc(sorted, func(a, b App) int { return strings.Compare(a.ID, b.ID) })
@@ -91,15 +91,13 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		ports, mode := appPorts(app)
 		tasks, taskProblems := parseTasks(app)
 		problems = append(problems, taskProblems...)
-		taskHosts(app, hosts)
-		declared := false
 		for i, port := range ports {
 			decls, declProblems := portDecls(app.ID, port, cfg)
 			problems = append(problems, declProblems...)
 			if len(decls) == 0 {
 				continue
 			}
-			declared = true
+			declared[app.ID] = true
 			backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
 			problems = append(problems, beProblems...)
 			for _, d := range decls {
@@ -114,14 +112,22 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 				g.backends = append(g.backends, backends...)
 			}
 		}
-		if declared {
-			// Every address of the hosts that are names (the resolver
-			// caches them), so that no IP VIP takes one.
-			resolveTaskHosts(app.ID, tasks, cfg.Resolver, hosts)
-		}
 	}
 
-	state, buildProblems := build(groups, hosts, cfg)
+	// Task hosts are looked at only where an IP VIP asks for their address.
+	cand := map[netip.Addr]bool{}
+	for k := range groups {
+		if k.name == "" {
+			cand[k.ip] = true
+		}
+	}
+	hosts := Hosts{}
+	if len(cand) > 0 {
+		for _, app := range sorted {
+			taskHosts(app, declared[app.ID], cfg.Resolver, cand, hosts)
+		}
+	}
+	state, buildProblems := build(groups, cand, hosts, cfg)
 	problems = append(problems, buildProblems...)
 	return state, sortProblems(problems)
 }
@@ -182,14 +188,16 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 
 // build turns groups into VIPs: addresses for named VIPs, family checks for
 // IP VIPs, sorted output.
-func build(groups map[groupID]*group, hosts Hosts, cfg Config) (State, []Problem) {
+func build(groups map[groupID]*group, cand map[netip.Addr]bool, hosts Hosts, cfg Config) (State, []Problem) {
 	var problems []Problem
 	keys := slices.SortedFunc(maps.Keys(groups), groupID.compare)
 	for _, k := range keys {
 		g := groups[k]
 		g.dedupe()
 		for _, b := range g.backends {
-			hosts.Add(b.Addr, fmt.Sprintf("backend %s of task %s of app %s", b.AddrPort(), b.Task, b.App))
+			if cand[b.Addr] {
+				hosts.Add(b.Addr, fmt.Sprintf("backend %s of task %s of app %s", b.AddrPort(), b.Task, b.App))
+			}
 		}
 	}
 	// IP VIPs that would take an address not meant for VIPs are refused

@@ -3,7 +3,9 @@ package vip
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 )
 
 // An IP VIP takes over its address on every agent: a route via lo, every
@@ -71,10 +73,52 @@ func StaticPoolReason(p netip.Prefix) string {
 // LocalNets is the agent's side of the check, read from its routing table:
 // its own addresses (local and broadcast routes) and the networks it is
 // directly connected to (scope link routes, and IPv6 routes without a
-// gateway), without l4lb's own routes.
+// gateway), without l4lb's own routes. Do not change the lists after the
+// first Reason: they are indexed then.
 type LocalNets struct {
 	Own       []netip.Prefix // local (and broadcast) routes: addresses of the agent
 	Connected []netip.Prefix // networks reached without a gateway
+
+	once      sync.Once
+	own, conn prefixIndex
+}
+
+// prefixIndex finds the longest prefix of a list that holds an address in
+// one map lookup per prefix length, not one test per prefix: a host with a
+// route per pod has thousands of connected /32s.
+type prefixIndex struct {
+	bits []int // the lengths present, longest first
+	set  map[netip.Prefix]bool
+}
+
+func newPrefixIndex(ps []netip.Prefix) prefixIndex {
+	ix := prefixIndex{set: make(map[netip.Prefix]bool, len(ps))}
+	for _, p := range ps {
+		if !p.IsValid() {
+			continue
+		}
+		p = p.Masked()
+		ix.set[p] = true
+		if !slices.Contains(ix.bits, p.Bits()) {
+			ix.bits = append(ix.bits, p.Bits())
+		}
+	}
+	slices.SortFunc(ix.bits, func(a, b int) int { return b - a })
+	return ix
+}
+
+// lookup returns the longest prefix that holds a.
+func (ix *prefixIndex) lookup(a netip.Addr) (netip.Prefix, bool) {
+	for _, bits := range ix.bits {
+		if bits > a.BitLen() {
+			continue
+		}
+		p, err := a.Prefix(bits)
+		if err == nil && ix.set[p] && p.Addr().Is4() == a.Is4() {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // Reason says why a may not be an IP VIP on this agent: it is one of the
@@ -84,19 +128,16 @@ func (l *LocalNets) Reason(a netip.Addr) string {
 	if l == nil {
 		return ""
 	}
+	l.once.Do(func() { l.own, l.conn = newPrefixIndex(l.Own), newPrefixIndex(l.Connected) })
 	a = a.Unmap()
-	for _, p := range l.Own {
-		if p.Contains(a) {
-			if p.IsSingleIP() {
-				return "an address of this agent"
-			}
-			return fmt.Sprintf("an address of this agent (local route %s)", p)
+	if p, ok := l.own.lookup(a); ok {
+		if p.IsSingleIP() {
+			return "an address of this agent"
 		}
+		return fmt.Sprintf("an address of this agent (local route %s)", p)
 	}
-	for _, p := range l.Connected {
-		if p.Contains(a) {
-			return fmt.Sprintf("inside %s, a network this agent is directly connected to", p)
-		}
+	if p, ok := l.conn.lookup(a); ok {
+		return fmt.Sprintf("inside %s, a network this agent is directly connected to", p)
 	}
 	return ""
 }

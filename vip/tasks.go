@@ -178,46 +178,31 @@ func parseTasks(app App) ([]liveTask, []Problem) {
 	return out, problems
 }
 
-// taskHosts records the literal host addresses of all of an app's tasks,
-// whatever their state: an IP VIP must not take a host's address. Host
-// names are resolved only where they back a VIP (portBackends), so that
-// apps without VIPs cost no lookups.
-func taskHosts(app App, hosts Hosts) {
+// taskHosts records the addresses of an app's task hosts that an IP VIP
+// asks for (cand), whatever the tasks' states: an IP VIP must not take a
+// host's address. Host names are looked up (the resolver caches them) only
+// for apps that declare VIPs, so that other apps cost no lookups.
+func taskHosts(app App, resolve bool, r Resolver, cand map[netip.Addr]bool, hosts Hosts) {
 	for i := range app.Tasks {
 		t := &app.Tasks[i]
 		if t.Host == "" {
 			continue
 		}
-		if a, err := netip.ParseAddr(t.Host); err == nil && a.Zone() == "" {
+		var addrs []netip.Addr
+		if a, err := netip.ParseAddr(t.Host); err == nil {
+			addrs = []netip.Addr{a}
+		} else if resolve && r != nil {
+			addrs, _ = r.LookupHost(t.Host) // a failure is the task's problem where it backs a VIP
+		}
+		for _, a := range addrs {
+			if a = a.Unmap(); !cand[a] || a.Zone() != "" {
+				continue
+			}
 			id := t.ID
 			if id == "" {
 				id = fmt.Sprintf("#%d", i)
 			}
 			hosts.Add(a, fmt.Sprintf("task host %s of task %s of app %s", t.Host, id, app.ID))
-		}
-	}
-}
-
-// resolveTaskHosts records every address of the live tasks' hosts that are
-// names. A name that does not resolve is left out: its task reports it
-// where it backs a VIP on the host's address.
-func resolveTaskHosts(appID string, tasks []liveTask, r Resolver, hosts Hosts) {
-	if r == nil {
-		return
-	}
-	for _, t := range tasks {
-		if t.Host == "" {
-			continue
-		}
-		if _, err := netip.ParseAddr(t.Host); err == nil {
-			continue
-		}
-		addrs, err := r.LookupHost(t.Host)
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			hosts.Add(a, fmt.Sprintf("task host %s of task %s of app %s", t.Host, t.id, appID))
 		}
 	}
 }
