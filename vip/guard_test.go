@@ -295,3 +295,27 @@ func TestGuardFilter(t *testing.T) {
 		t.Errorf("Filter changed its input: %d VIPs", len(s.VIPs))
 	}
 }
+
+// The index answers like a scan would: the longest prefix that holds the
+// address, of the right family, whatever the order of the list.
+func TestLocalNetsLongestPrefix(t *testing.T) {
+	l := &LocalNets{Connected: []netip.Prefix{
+		netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("198.19.0.0/24"),
+		netip.MustParsePrefix("c613::/16"), // an IPv6 /16 whose bits read like 198.19
+		netip.MustParsePrefix("198.19.0.77/32"), netip.MustParsePrefix("fd00:198:19::/64"),
+	}}
+	for _, c := range []struct{ addr, want string }{
+		{"198.19.0.77", "inside 198.19.0.77/32"},
+		{"198.19.0.78", "inside 198.19.0.0/24"},
+		{"198.19.5.1", "inside 198.19.0.0/16"},
+		{"c613::1", "inside c613::/16"},
+		{"fd00:198:19::1:2", "inside fd00:198:19::/64"},
+		{"198.20.0.1", ""},
+		{"fd00:198:20::1", ""},
+	} {
+		got := l.Reason(netip.MustParseAddr(c.addr))
+		if c.want == "" && got != "" || !strings.HasPrefix(got, c.want) {
+			t.Errorf("Reason(%s) = %q, want %q", c.addr, got, c.want)
+		}
+	}
+}
