@@ -39,7 +39,7 @@ func (e Entry) write(b *strings.Builder) {
 		fmt.Fprintf(b, "  element:     map %s { %s }\n", e.Element.Map, e.Element.Text)
 		fmt.Fprintf(b, "  comment:     %q\n", e.Element.Comment)
 	} else if e.Refusal != "" {
-		fmt.Fprintf(b, "  no element;  the hooked chains match: %s\n", e.Refusal)
+		fmt.Fprintf(b, "  element:     none; the hooked chains refuse it: %s\n", e.Refusal)
 	}
 	if e.Chain != "" {
 		fmt.Fprintf(b, "  chain %s:\n", e.Chain)

@@ -76,6 +76,7 @@ func Probe(ctx context.Context, rules TraceRules, table string, key vip.Key, tim
 			return fmt.Errorf("bind the probe socket: %w", err)
 		}
 		p := nat.TraceProbe{Chain: chain, Proto: key.Proto, Dst: dst, SrcPort: port}
+		tr.Src = "port " + strconv.Itoa(int(port))
 		tr.Probe = "chain " + chain + " { type filter hook output priority raw; " + p.TraceText() + " }"
 		tr.probeChain, tr.probeRule = chain, p.TraceText()
 		remove, err = rules.AddTrace(ctx, p)

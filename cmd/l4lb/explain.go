@@ -46,8 +46,9 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	trace := fs.Bool("trace", false, "send one probe and print the path the kernel reports for it")
 	table := fs.String("table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
+	probeTimeout := fs.Duration("probe-timeout", 2*time.Second, "how long the --trace probe waits for a connection")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, `Usage: l4lb explain NAME:PORT | IP:PORT [--proto tcp|udp] [--json] [--trace] [--api ADDR] [--table NAME]
+		fmt.Fprintln(stderr, `Usage: l4lb explain NAME:PORT | IP:PORT [--proto tcp|udp] [--json] [--trace] [--api ADDR] [--table NAME] [--probe-timeout D]
 
 Where traffic to a VIP goes, and why, from the running daemon and the kernel
 of this agent. Exit status: 0 served, 1 refused, 2 unknown (or a usage
@@ -140,7 +141,7 @@ Flags:`)
 			if e.Verdict == explain.Unknown {
 				continue
 			}
-			tr, err := explain.Probe(ctx, k, *table, e.Key(), 2*time.Second)
+			tr, err := explain.Probe(ctx, k, *table, e.Key(), *probeTimeout)
 			if err != nil {
 				return failed(fmt.Errorf("--trace %s/%s: %w", e.VIP, e.Protocol, err))
 			}

@@ -55,7 +55,11 @@ func explainJSON(t *testing.T, ns *netns.NS, args ...string) (explain.Report, in
 
 // explainApps declares: web:80 on two active backends, drain:81 whose only
 // task is being killed, empty:82 without tasks, the IP VIP
-// 198.18.255.7:83, and six:84 on the backends' IPv6 addresses.
+// 198.18.255.7:83, ghost:85 on a port whose SYNs the backend drops
+// (connections hang),
+// and six:84 on the backends' IPv6 addresses.
+const ghostPort = 8085
+
 func explainApps(topo *netns.Topology, port int) string {
 	b0, b1 := topo.Backends[0], topo.Backends[1]
 	return fmt.Sprintf(`{"apps": [
@@ -67,10 +71,12 @@ func explainApps(topo *netns.Topology, port int) string {
  {"id": "/empty", "portDefinitions": [{"port": 0, "protocol": "tcp", "labels": {"VIP_0": "empty:82"}}]},
  {"id": "/ipvip", "portDefinitions": [{"port": 0, "protocol": "tcp", "labels": {"VIP_0": "198.18.255.7:83"}}],
   "tasks": [{"id": "ipvip.0", "host": "%[2]s", "ports": [%[3]d], "state": "TASK_RUNNING"}]},
+ {"id": "/ghost", "portDefinitions": [{"port": 0, "protocol": "tcp", "labels": {"VIP_0": "ghost:85"}}],
+  "tasks": [{"id": "ghost.0", "host": "%[1]s", "ports": [%[6]d], "state": "TASK_RUNNING"}]},
  {"id": "/six", "portDefinitions": [{"port": 0, "protocol": "tcp", "labels": {"VIP_0": "six:84"}}],
   "tasks": [{"id": "six.0", "host": "%[4]s", "ports": [%[3]d], "state": "TASK_RUNNING"},
             {"id": "six.1", "host": "%[5]s", "ports": [%[3]d], "state": "TASK_RUNNING"}]}
-]}`, b0.Addr4, b1.Addr4, port, b0.Addr6, b1.Addr6)
+]}`, b0.Addr4, b1.Addr4, port, b0.Addr6, b1.Addr6, ghostPort)
 }
 
 // TestExplain runs the daemon in an agent namespace with two backends and
@@ -87,6 +93,11 @@ func TestExplain(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(s.Close)
+	}
+	// ghost's backend drops SYNs in its own namespace.
+	if _, err := topo.Backends[0].RunStdin([]byte(fmt.Sprintf(
+		"table inet blackhole { chain in { type filter hook input priority 0; tcp dport %d drop\n}\n}\n", ghostPort)), "nft", "-f", "-"); err != nil {
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	apps := filepath.Join(dir, "apps.json")
@@ -292,6 +303,50 @@ func TestExplain(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "vmap @vips6 (verdict goto lb2)") || !strings.Contains(out, "DNAT target: [fd00:198:19::") {
 			t.Errorf("IPv6 trace: exit %d", code)
 		}
+		// An unknown port: the pool's refusal, then the refuse chain.
+		out, code = runExplain(t, agent, "web:9999", "--proto", "tcp", "--trace")
+		t.Logf("explain web:9999 --proto tcp --trace:\n%s", out)
+		for _, want := range []string{
+			"output: l4lb nat-output: rule ip daddr 198.18.0.0/16 goto refuse (verdict goto refuse)",
+			"output: l4lb refuse: rule meta l4proto tcp reject with tcp reset (verdict drop)",
+			"refused: connection reset",
+		} {
+			if code != 1 || !strings.Contains(out, want) {
+				t.Errorf("trace of an unknown port: exit %d, lacks %q", code, want)
+			}
+		}
+
+		// UDP: one datagram, answered by a backend.
+		r, code = explainJSON(t, agent, "web:80", "--proto", "udp", "--trace")
+		if code != 0 || len(r.Entries) != 1 || r.Entries[0].Trace == nil || r.Entries[0].Trace.DNAT == "" ||
+			!strings.Contains(r.Entries[0].Trace.Result, "answered") {
+			t.Errorf("UDP trace: exit %d, %+v", code, r)
+		} else if tr := r.Entries[0].Trace; !strings.Contains(tr.Events[0].Rule, "udp dport 80 udp sport") {
+			t.Errorf("UDP probe rule %q", tr.Events[0].Rule)
+		}
+
+		// Interrupted while the probe hangs (ghost's backend drops SYNs):
+		// the probe chain is there while it runs, gone after SIGINT.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := agent.Cmd(ctx, l4lbBinary(t), "explain", "ghost:85", "--trace", "--probe-timeout", "25s")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the probe chain while the probe hangs", func() bool {
+			out, _ := agent.Run("nft", "list", "table", "inet", "l4lb")
+			return strings.Contains(out, "chain explain-trace-")
+		})
+		// ip netns exec execs the command: the process is l4lb's.
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Errorf("interrupted explain: %v, want exit status 3", err)
+		}
+
 		// The probe rules are gone; nothing else changed.
 		after, err := agent.Run("nft", "list", "ruleset")
 		if err != nil {
