@@ -339,6 +339,9 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 		e.Verdict = Served
 		n, _ := strconv.Atoi(strings.TrimPrefix(el.Chain, "lb"))
 		e.Reason = fmt.Sprintf("DNAT to one of %d active backends, picked at random", n)
+		if n == 1 {
+			e.Reason = "DNAT to its only active backend"
+		}
 		if n != active {
 			e.Warnings = append(e.Warnings, fmt.Sprintf("the element jumps to %s but the daemon lists %d active backends", el.Chain, active))
 		}
