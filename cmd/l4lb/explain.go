@@ -35,11 +35,21 @@ func (e *exitStatus) Error() string {
 
 func (e *exitStatus) Unwrap() error { return e.err }
 
-// explainFailed is the exit status when explain could not find out (the
-// daemon's API or the kernel could not be read): 0, 1 and 2 are answers.
+// explainFailed is the exit status when explain could not answer (a usage
+// error, the daemon's API or the kernel could not be read): 0, 1 and 2
+// are answers.
 const explainFailed = 3
 
 func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := explainMain(ctx, args, stdout, stderr)
+	if errors.Is(err, errUsage) {
+		// 2 is an answer (unknown target) here.
+		return &exitStatus{code: explainFailed, err: err}
+	}
+	return err
+}
+
+func explainMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("explain")
 	addr := fs.String("api", "127.0.0.1:62080", "address of the daemon's HTTP API")
 	proto := fs.String("proto", "", "tcp or udp (default: both)")
@@ -51,8 +61,8 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, `Usage: l4lb explain NAME:PORT | IP:PORT [--proto tcp|udp] [--json] [--trace] [--api ADDR] [--table NAME] [--probe-timeout D]
 
 Where traffic to a VIP goes, and why, from the running daemon and the kernel
-of this agent. Exit status: 0 served, 1 refused, 2 unknown (or a usage
-error), 3 when the daemon or the kernel could not be read.
+of this agent. Exit status: 0 served, 1 refused, 2 unknown to l4lb, 3 no
+answer (a usage error, or the daemon or the kernel could not be read).
 
 Flags:`)
 		fs.PrintDefaults()

@@ -381,3 +381,19 @@ func diffText(a, b string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestExplainUsage: usage errors and an unreachable daemon are no answer
+// (exit status 3), never one of the answers 0, 1, 2.
+func TestExplainUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	for _, args := range [][]string{
+		{}, {"web"}, {"web:80", "--proto", "sctp"}, {"web:80", "extra:1"}, {"--bogus", "web:80"},
+		{"web:80", "--api", "127.0.0.1:1"},
+	} {
+		err := runMain(context.Background(), append([]string{"explain"}, args...), &out, &errOut)
+		var st *exitStatus
+		if !errors.As(err, &st) || st.code != explainFailed {
+			t.Errorf("explain %q: %v, want exit status %d", args, err, explainFailed)
+		}
+	}
+}
