@@ -124,3 +124,22 @@ func TestTraceChain(t *testing.T) {
 		t.Errorf("full Apply left the stray probe chain:\n%s", diffLines(before, got))
 	}
 }
+
+// TestDecodeRefusePrefix reads the pools back from l4lb's own refusal
+// rules, whatever the prefix length, and nothing from other rules.
+func TestDecodeRefusePrefix(t *testing.T) {
+	k := &Kernel{}
+	for _, s := range []string{"198.18.0.0/16", "11.0.0.0/8", "198.18.0.0/15", "198.18.128.0/17", "10.1.2.3/32",
+		"fd00:198:18::/64", "fd01:c::/62", "fd00::/7"} {
+		p := netip.MustParsePrefix(s)
+		got, ok := decodeRefusePrefix(k.ruleExprs(refusePrefixRule(p), nil))
+		if !ok || got != p.Masked() {
+			t.Errorf("decode %s = %s %v", p, got, ok)
+		}
+	}
+	for _, r := range []rule{lookupRule(false, mapVIPs4), refuseSetRule(true, setIPVIPs6), dnatRule(false, 2, mapBackends4), hairpinRule(false, setHairpin4)} {
+		if p, ok := decodeRefusePrefix(k.ruleExprs(r, nil)); ok {
+			t.Errorf("rule %q decoded as prefix %s", r.text, p)
+		}
+	}
+}

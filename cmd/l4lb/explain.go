@@ -52,7 +52,7 @@ func cmdExplain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func explainMain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("explain")
 	addr := fs.String("api", "127.0.0.1:62080", "address of the daemon's HTTP API")
-	proto := fs.String("proto", "", "tcp or udp (default: both)")
+	proto := fs.String("proto", "", "tcp or udp (default: every protocol of the VIP)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	trace := fs.Bool("trace", false, "send one probe and print the path the kernel reports for it")
 	table := fs.String("table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
