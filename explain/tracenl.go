@@ -32,7 +32,8 @@ type TraceRules interface {
 // probeSeq makes each probe chain's name unique within the process.
 var probeSeq atomic.Uint32
 
-// Probe sends one probe to key (a TCP connection, or one UDP datagram)
+// Probe sends one probe to key (a TCP connection, or one UDP datagram
+// that waits for an answer; timeout bounds either)
 // from a socket whose packets, and only those, a private rule in l4lb's
 // table marks with nftrace; it returns the trace events the kernel
 // reported for the probe's first packet. The rule is removed before Probe
@@ -86,7 +87,7 @@ func Probe(ctx context.Context, rules TraceRules, table string, key vip.Key, tim
 	switch {
 	case derr == nil:
 		tr.Src = conn.LocalAddr().String()
-		tr.Result = exchange(conn, key.Proto)
+		tr.Result = exchange(conn, key.Proto, timeout)
 		conn.Close()
 	case remove == nil:
 		return nil, fmt.Errorf("probe %s: %w", key, derr)
@@ -134,8 +135,8 @@ func bindAny(c syscall.RawConn, v6 bool) (uint16, error) {
 }
 
 // exchange completes the probe on an open socket: TCP is connected;
-// UDP sends one datagram and waits briefly for an answer.
-func exchange(conn net.Conn, proto vip.Proto) string {
+// UDP sends one datagram and waits up to timeout for an answer.
+func exchange(conn net.Conn, proto vip.Proto, timeout time.Duration) string {
 	if proto == vip.TCP {
 		return "connected to " + conn.RemoteAddr().String()
 	}
@@ -145,7 +146,7 @@ func exchange(conn net.Conn, proto vip.Proto) string {
 		}
 		return "send failed: " + err.Error()
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(timeout))
 	buf := make([]byte, 512)
 	n, err := conn.Read(buf)
 	switch {
@@ -154,7 +155,7 @@ func exchange(conn net.Conn, proto vip.Proto) string {
 	case errors.Is(err, unix.ECONNREFUSED):
 		return "refused: ICMP port unreachable"
 	}
-	return "sent one datagram; no answer within 1s"
+	return fmt.Sprintf("sent one datagram; no answer within %v", timeout)
 }
 
 func dialResult(err error) string {

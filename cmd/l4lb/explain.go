@@ -56,7 +56,7 @@ func explainMain(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	trace := fs.Bool("trace", false, "send one probe and print the path the kernel reports for it")
 	table := fs.String("table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
-	probeTimeout := fs.Duration("probe-timeout", 2*time.Second, "how long the --trace probe waits for a connection")
+	probeTimeout := fs.Duration("probe-timeout", 2*time.Second, "how long the --trace probe waits for a connection (TCP) or an answer (UDP)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, `Usage: l4lb explain NAME:PORT | IP:PORT [--proto tcp|udp] [--json] [--trace] [--api ADDR] [--table NAME] [--probe-timeout D]
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -131,12 +132,11 @@ func TestExplain(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		buf := make([]byte, 64)
-		n, err := conn.Read(buf)
+		greeting, err := bufio.NewReader(conn).ReadString('\n')
 		if err != nil {
 			t.Fatal(err)
 		}
-		heldBy := strings.Fields(string(buf[:n]))[0]
+		heldBy := strings.Fields(greeting)[0]
 		out, code := runExplain(t, agent, "web.marathon.l4lb.thisdcos.directory:80", "--proto", "tcp")
 		t.Logf("explain web:80 --proto tcp:\n%s", out)
 		if code != 0 {
@@ -317,7 +317,7 @@ func TestExplain(t *testing.T) {
 		}
 
 		// UDP: one datagram, answered by a backend.
-		r, code = explainJSON(t, agent, "web:80", "--proto", "udp", "--trace")
+		r, code = explainJSON(t, agent, "web:80", "--proto", "udp", "--trace", "--probe-timeout", "10s")
 		if code != 0 || len(r.Entries) != 1 || r.Entries[0].Trace == nil || r.Entries[0].Trace.DNAT == "" ||
 			!strings.Contains(r.Entries[0].Trace.Result, "answered") {
 			t.Errorf("UDP trace: exit %d, %+v", code, r)
