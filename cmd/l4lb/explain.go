@@ -146,6 +146,11 @@ Flags:`)
 		if !snap.Exists {
 			return failed(fmt.Errorf("--trace: table inet %s is not in this namespace's kernel", *table))
 		}
+		for name := range snap.Chains {
+			if strings.HasPrefix(name, nat.TraceChainPrefix) {
+				fmt.Fprintf(stderr, "l4lb: note: probe chain %s is in table %s: another explain is tracing, or one was killed (the daemon's next full resync removes it)\n", name, *table)
+			}
+		}
 		for i := range rep.Entries {
 			e := &rep.Entries[i]
 			if e.Verdict == explain.Unknown {
