@@ -177,6 +177,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
 		"vipPool6", f.pool6.String(), "ipVIPRanges", prefixListFlag{&f.ipRanges}.String(), "agentOwn", len(local.Own), "agentConnected", len(local.Connected), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
 		"dnsUpstreams", f.dnsUpstreams.String(), "zone", f.zone, "resync", f.resync.String())
+	if loose, err := conntrack.LoosePickup(); err != nil {
+		log.Warn("cannot tell whether conntrack picks up mid-stream TCP packets", "err", err)
+	} else if !loose {
+		log.Warn("net.netfilter.nf_conntrack_tcp_loose is 0: clients of a backend whose flows are deleted " +
+			"will not be reset by a live backend; set it to 1 (the kernel default)")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
