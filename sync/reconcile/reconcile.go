@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -165,6 +166,11 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	}
 
 	state, problems := r.good.state, r.good.problems
+	if srcErr != nil {
+		// The sources are stale, the agent's networks are not: an IP VIP
+		// inside a network that appeared since goes all the same.
+		state, problems = r.guardStale(ctx, state, problems)
+	}
 
 	rs := nat.Compile(state, r.cfg.Table)
 	fp := rs.Fingerprint()
@@ -300,6 +306,16 @@ func (r *Reconciler) readLocal(ctx context.Context) *vip.LocalNets {
 	}
 	r.local = l
 	return l
+}
+
+// guardStale applies the local part of the IP VIP guard to the last good
+// state when the sources cannot be read.
+func (r *Reconciler) guardStale(ctx context.Context, state vip.State, problems []vip.Problem) (vip.State, []vip.Problem) {
+	state, more := vip.Guard{Local: r.readLocal(ctx)}.Filter(state)
+	if len(more) == 0 {
+		return state, problems
+	}
+	return state, append(slices.Clone(problems), more...)
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain

@@ -401,3 +401,49 @@ func refusedSeries(t *testing.T, reg *prometheus.Registry) []string {
 	slices.Sort(out)
 	return out
 }
+
+// While the sources fail, the last good state is kept, but the agent's
+// networks are still read: an IP VIP inside a network that appeared since
+// goes at once.
+func TestLocalNetworksWhileSourcesFail(t *testing.T) {
+	src := &fakeSource{}
+	fk := nat.NewFake()
+	local := &localnet.Fake{Nets: &vip.LocalNets{}}
+	r := New(Config{
+		Sources: []source.Source{src},
+		NAT:     fk,
+		Local:   local,
+		Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/17"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
+	})
+	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "web:80"}}]}`, nil)
+	ctx := context.Background()
+	if err := r.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Status().State.VIPs); n != 2 {
+		t.Fatalf("%d VIPs, want 2", n)
+	}
+	src.set("", errors.New("marathon down"))
+	local.Nets = &vip.LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}}
+	if err := r.Sync(ctx, false); err == nil || !strings.Contains(err.Error(), "marathon down") {
+		t.Fatalf("Sync = %v, want the source error", err)
+	}
+	st := r.Status()
+	if len(st.State.VIPs) != 1 || st.State.VIPs[0].Name == "" {
+		t.Errorf("VIPs = %+v, want only the named one", st.State.VIPs)
+	}
+	if len(st.Problems) != 1 || st.Problems[0].Refused != "198.18.255.1" || st.Problems[0].App != "/ip" {
+		t.Errorf("problems = %+v", st.Problems)
+	}
+	if strings.Contains(fk.Dump(), "198.18.255.1") {
+		t.Errorf("the IP VIP inside the new network is still programmed:\n%s", fk.Dump())
+	}
+	// The sources come back: the refusal now names the label.
+	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "web:80"}}]}`, nil)
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if ps := r.Status().Problems; len(ps) != 1 || ps[0].Label != "VIP_0" {
+		t.Errorf("problems = %+v", ps)
+	}
+}
