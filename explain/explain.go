@@ -170,6 +170,9 @@ type Inputs struct {
 	VIPs   []api.VIP        // the daemon's VIPs (any superset of those the target names)
 	Kernel *nat.Snapshot    // l4lb's table
 	Flows  []conntrack.Flow // DNATed flows; those of other VIPs are ignored
+	// Problems are the daemon's (GET /v1/problems): an address that is no
+	// VIP because its IP VIP label was refused says so.
+	Problems []vip.Problem
 }
 
 // Match returns the daemon's VIPs the target names: by name (exactly, or
@@ -241,6 +244,15 @@ func Decide(in Inputs) Report {
 	r.Verdict, r.Reason = overall(r.Entries)
 	if len(r.Entries) == 0 {
 		r.Reason = fmt.Sprintf("%s is not a VIP address: l4lb leaves its traffic alone", t.Addr)
+		var refused []string
+		for _, p := range in.Problems {
+			if p.Refused == t.Addr.String() {
+				refused = append(refused, p.Error())
+			}
+		}
+		if len(refused) > 0 {
+			r.Reason += "; " + strings.Join(refused, "; ")
+		}
 	}
 	return r
 }

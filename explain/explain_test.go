@@ -178,6 +178,24 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+// An address whose IP VIP label was refused is left alone, and explain
+// says which label asked for it and why it was refused.
+func TestDecideRefusedIPVIP(t *testing.T) {
+	tg, err := ParseTarget("127.0.0.1:22", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Decide(Inputs{Target: tg, VIPs: daemon(), Kernel: kernel(), Problems: []vip.Problem{
+		{App: "/hijack", Label: "VIP_0", Refused: "127.0.0.1", Reason: "IP VIP address 127.0.0.1 refused: loopback address"},
+		{App: "/other", Label: "VIP_1", Refused: "169.254.169.254", Reason: "IP VIP address 169.254.169.254 refused: link-local address"},
+		{App: "/bad", Label: "VIP_2", Reason: "port out of range"},
+	}})
+	want := "127.0.0.1 is not a VIP address: l4lb leaves its traffic alone; app /hijack label VIP_0: IP VIP address 127.0.0.1 refused: loopback address"
+	if r.Verdict != Unknown || len(r.Entries) != 0 || r.Reason != want {
+		t.Errorf("%s, %d entries, %q; want unknown, 0, %q", r.Verdict, len(r.Entries), r.Reason, want)
+	}
+}
+
 func TestDecideDetails(t *testing.T) {
 	r := decide(t, "198.18.0.5:80", "tcp")
 	e := r.Entries[0]

@@ -140,7 +140,15 @@ Flags:`)
 			return failed(fmt.Errorf("list conntrack entries of the backends: %w", err))
 		}
 	}
-	rep := explain.Decide(explain.Inputs{Target: t, VIPs: vips, Kernel: snap, Flows: flows})
+	in := explain.Inputs{Target: t, VIPs: vips, Kernel: snap, Flows: flows}
+	if len(matched) == 0 && t.Addr.IsValid() {
+		// Why an address is no VIP: its label may have been refused. The
+		// answer stands without it.
+		if err := getJSON(ctx, "http://"+*addr+"/v1/problems", &in.Problems); err != nil {
+			fmt.Fprintf(stderr, "l4lb: note: %v\n", err)
+		}
+	}
+	rep := explain.Decide(in)
 
 	if *trace {
 		if !snap.Exists {
@@ -183,25 +191,32 @@ Flags:`)
 // fetchVIPs reads GET /v1/vips; filtering is done here, so any daemon
 // version answers.
 func fetchVIPs(ctx context.Context, addr string) ([]api.VIP, error) {
-	url := "http://" + addr + "/v1/vips"
+	var vips []api.VIP
+	if err := getJSON(ctx, "http://"+addr+"/v1/vips", &vips); err != nil {
+		return nil, err
+	}
+	return vips, nil
+}
+
+// getJSON reads a JSON answer of the daemon's API into out.
+func getJSON(ctx context.Context, url string, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("get %s: %w (is l4lb run listening there?)", url, err)
+		return fmt.Errorf("get %s: %w (is l4lb run listening there?)", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, fmt.Errorf("get %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("get %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
 	}
-	var vips []api.VIP
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&vips); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", url, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(out); err != nil {
+		return fmt.Errorf("decode %s: %w", url, err)
 	}
-	return vips, nil
+	return nil
 }

@@ -110,6 +110,13 @@ func TestIPVIPGuard(t *testing.T) {
 		t.Errorf("/metrics lacks %s", want)
 	}
 
+	// explain says why the address is no VIP.
+	out, err := agent.Run(l4lbBinary(t), "explain", "127.0.0.1:22")
+	if err == nil || !strings.Contains(err.Error(), "exit status 2") ||
+		!strings.Contains(out+err.Error(), "app /hijack label VIP_0: IP VIP address 127.0.0.1 refused: loopback address") {
+		t.Errorf("explain 127.0.0.1:22: %v\n%s", err, out)
+	}
+
 	// Only the legitimate IP VIPs are programmed and routed.
 	var got []string
 	for _, v := range d.vips(t) {
