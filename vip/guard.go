@@ -19,7 +19,8 @@ import (
 //     directly connected to; only the agent knows them, so in cluster mode
 //     each agent applies this part itself;
 //   - Guard.Reason: both, plus the addresses of task hosts and backends and
-//     the --ip-vip-ranges bound.
+//     the --ip-vip-ranges bound. Desired consults it for every IP VIP;
+//     Guard.Filter applies it to a state computed elsewhere.
 
 // staticRefused are the ranges no IP VIP and no VIP pool may touch, with
 // why.
