@@ -125,7 +125,7 @@ func healthApps(topo *netns.Topology, port int, sick ...int) string {
 // resync period, a kill -9 and restart keeps held connections, and cleanup
 // removes everything.
 func TestMarathonEndToEnd(t *testing.T) {
-	topo := netns.TopologyForTest(t, "l4me", 2, 1, "nft")
+	topo := netns.TopologyForTest(t, "l4me", 2, 1, "nft", "conntrack")
 	agent := topo.Agent.NS
 	const port = 8080
 	serveBackends(t, topo, port)
@@ -194,6 +194,12 @@ func TestMarathonEndToEnd(t *testing.T) {
 	if got := seen(20); got["be2"] > 0 || got["be1"] != 20 {
 		t.Errorf("after be2 failed its check: %v", got)
 	}
+	// The flush follows the apply that /v1/vips already shows: wait for it
+	// with the kernel's table as the witness.
+	waitFor(t, 10*time.Second, "be2's conntrack entries flushed", func() bool {
+		out, err := agent.Run("conntrack", "-L", "--reply-src", topo.Backends[1].Addr4.String())
+		return err == nil && !strings.Contains(out, "src=")
+	})
 	// Its connections were flushed: the next packet gets a reset, not a
 	// hang; be1's connections keep working.
 	for _, h := range conns {
