@@ -2,11 +2,9 @@ package conntrack
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -232,25 +230,30 @@ func TestCleanupLive(t *testing.T) {
 	if n := count(conns, "be1"); n < 4 {
 		t.Fatalf("%d connections to be1", n)
 	}
+	// Which host resets whom is recorded by the kernel in each backend's
+	// namespace and in the agent's: the witness does not depend on seeing
+	// the clients' next packets as they happen. Their next packet may be a
+	// delayed ACK sent before the test writes anything, and the reset it
+	// draws then breaks the connection before checkHeld's write.
+	resets := map[string]*netns.ResetWitness{}
+	for name, i := range names {
+		w, err := topo.Backends[i].WatchResets(livePort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resets[name] = w
+	}
+	refusals, err := agent.WatchResets(vips[false].Port())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resets["agent"] = refusals
 	cleanup("unhealthy and draining", topo.Backends[0])
-	// Watch conntrack events while the clients of be1 send their next
-	// packet: the reset must come from be3, which saw it as a new flow
-	// (conntrack drops such an entry again when its only answer is a reset).
-	events := watchEvents(t, agent)
+	// be1's clients get a reset at their next packet: conntrack picks the
+	// packet up as a new flow, the VIP's chain DNATs it to be3, and be3,
+	// which knows no such connection, resets it.
 	checkHeld(t, conns, map[string]bool{"be1": true})
-	newFlows := map[netip.AddrPort]Flow{}
-	for _, f := range events() {
-		newFlows[f.OrigSrc] = f
-	}
-	be3 := topo.Backends[2]
-	for _, h := range conns {
-		if h.backend != "be1" {
-			continue
-		}
-		if f, ok := newFlows[h.local]; !ok || (f.ReplySrc.Addr() != be3.Addr4 && f.ReplySrc.Addr() != be3.Addr6) {
-			t.Errorf("%s -> be1 (%s): new flow %v, want one DNATed to be3", h.from, h.local, f)
-		}
-	}
+	resetBy(t, resets, conns, "be1", "be3")
 	for _, u := range udps {
 		if got := askUDP(u); got != "be3" {
 			t.Errorf("UDP %s -> %s went to %s after the cleanup, want be3", u.local, u.vip, got)
@@ -263,12 +266,15 @@ func TestCleanupLive(t *testing.T) {
 	dp.apply(t, state)
 	cleanup("draining task gone", topo.Backends[1])
 	checkHeld(t, conns, map[string]bool{"be1": true, "be2": true})
+	resetBy(t, resets, conns, "be2", "be3")
 
 	// N to 0: the last backend fails; the VIP refuses everything.
 	state = stateOf(t, liveApps(topo, []string{dead, "", dead}), state)
 	dp.apply(t, state)
 	cleanup("N to 0", topo.Backends[2])
 	checkHeld(t, conns, map[string]bool{"be1": true, "be2": true, "be3": true})
+	// No backend is left: the agent's refuse chain resets, from the VIP.
+	resetBy(t, resets, conns, "be3", "agent")
 	if left := toolFlows(t, agent); len(left) != 0 {
 		t.Errorf("DNATed flows left with no backend:%s", flowsString(left))
 	}
@@ -335,45 +341,39 @@ func newConnsGoTo(t *testing.T, clients []*netns.NS, vips map[bool]netip.AddrPor
 	}
 }
 
-// watchEvents runs `conntrack -E -e NEW` in ns until the returned function
-// is called, which returns the new flows it reported.
-func watchEvents(t *testing.T, ns *netns.NS) func() []Flow {
+// resetBy checks, with the reset witnesses, that every held connection
+// that was served by backend was reset by the host by (a backend's name or
+// "agent") and by no other host. A reset the agent's refuse chain sends to
+// a container's packet leaves through the bridge port the packet came in
+// by, not through the output hook, so the agent's witness sees only the
+// resets of its own clients: a container's connection refused by the agent
+// is one that no backend reset.
+func resetBy(t *testing.T, resets map[string]*netns.ResetWitness, conns []*held, backend, by string) {
 	t.Helper()
-	c, cancel := context.WithCancel(context.Background())
-	// stdbuf: conntrack buffers its output when it is not a terminal.
-	cmd := ns.Cmd(c, "stdbuf", "-oL", "conntrack", "-E", "-e", "NEW", "-o", "id")
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	out := &syncBuffer{}
-	cmd.Stdout = out
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("conntrack -E: %v", err)
-	}
-	// Wait until it reports a flow of our own making: then it listens. The
-	// marker goes to an address of the hosts network where nobody answers,
-	// so that its entry stays.
-	marker := netip.AddrPortFrom(netns.HostsNet4.Addr().Next().Next().Next(), 9)
-	for i := 0; !strings.Contains(out.String(), "dport=9 "); i++ {
-		if i == 60 {
-			cancel()
-			t.Fatal("conntrack -E reports nothing")
+	peers := map[string]map[netip.AddrPort]bool{}
+	for name, w := range resets {
+		p, err := w.Peers()
+		if err != nil {
+			t.Fatal(err)
 		}
-		_, _ = ns.AskUDP(marker, netip.AddrPort{}, 50*time.Millisecond)
+		peers[name] = p
 	}
-	return func() []Flow {
-		t.Helper()
-		time.Sleep(200 * time.Millisecond) // the last events
-		cancel()
-		_ = cmd.Wait()
-		var flows []Flow
-		for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-			f, err := parseToolLine(line)
-			if err != nil {
-				t.Fatalf("conntrack -E line %q: %v", line, err)
+	for _, h := range conns {
+		if h.backend != backend {
+			continue
+		}
+		var who []string
+		for name, p := range peers {
+			if p[h.local] {
+				who = append(who, name)
 			}
-			flows = append(flows, f)
 		}
-		return flows
+		if by == "agent" && len(who) == 0 && h.from != resets["agent"].Name() {
+			continue // a container's, refused through the bridge
+		}
+		if len(who) != 1 || who[0] != by {
+			t.Errorf("%s -> %s (%s): reset by %v, want by %s alone", h.from, backend, h.local, who, by)
+		}
 	}
 }
 

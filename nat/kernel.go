@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +15,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/l4lb/l4lb/vip"
 )
 
 // This is the only file of the package that speaks netlink to nftables.
@@ -1137,4 +1140,288 @@ func beUint32(b []byte) uint32 {
 		return 0
 	}
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// ---- reading for an operator (l4lb explain) ----
+
+// Snapshot reads l4lb's table as the kernel holds it: VIP elements with
+// their comments and chains, backend slots, refused addresses and the text
+// of every rule (l4lb's rules by their expressions; anything else by its
+// handle). It changes nothing.
+func (k *Kernel) Snapshot() (*Snapshot, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key][]netip.AddrPort{},
+		Chains: map[string][]SnapRule{}, Hooks: map[string]string{}}
+	tables, err := k.reader.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	var t *nftables.Table
+	for _, x := range tables {
+		if x.Name == k.table {
+			t = x
+		}
+	}
+	if t == nil {
+		return s, nil
+	}
+	s.Exists = true
+	chains, err := k.reader.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	rulesOf := map[string][]*nftables.Rule{}
+	var names []string
+	for _, c := range chains {
+		if c.Table == nil || c.Table.Name != k.table {
+			continue
+		}
+		rules, err := k.reader.GetRules(t, c)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+		}
+		rulesOf[c.Name] = rules
+		names = append(names, c.Name)
+		if c.Hooknum != nil {
+			s.Hooks[c.Name] = hookName(*c.Hooknum)
+		}
+	}
+	// The pools are in the refusal rules of the hooked chains.
+	for _, r := range rulesOf[chainOutput] {
+		if p, ok := decodeRefusePrefix(r.Exprs); ok {
+			s.Pools = append(s.Pools, p)
+		}
+	}
+	for _, name := range names {
+		known, _ := knownRules(name, s.Pools)
+		for _, r := range rulesOf[name] {
+			s.Chains[name] = append(s.Chains[name], SnapRule{Handle: r.Handle, Text: k.ruleText(r, known)})
+		}
+	}
+
+	sets, err := k.tr.dumpSets(k.table)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range (&Ruleset{}).setDecls() {
+		if _, ok := sets[d.name]; !ok || d.kind == kindPairs {
+			continue
+		}
+		elems, err := k.reader.GetSetElements(k.nftSet(d, 0))
+		if err != nil {
+			return nil, fmt.Errorf("list elements of %s: %w", d.name, err)
+		}
+		for _, e := range elems {
+			switch d.kind {
+			case kindVIPs:
+				key, err := decodeVIPKey(e.Key, d.v6)
+				if err != nil {
+					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
+				}
+				s.VIPs[key] = SnapVIP{Map: d.name, Comment: e.Comment, Chain: gotoChain(e.Val)}
+			case kindBackends:
+				key, slot, err := decodeBEKey(e.Key, d.v6)
+				if err != nil {
+					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
+				}
+				be, err := decodeBEVal(e.Val, d.v6)
+				if err != nil {
+					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
+				}
+				if slot < 0 || slot > 1<<16 {
+					continue
+				}
+				sl := s.Slots[key]
+				for len(sl) <= slot {
+					sl = append(sl, netip.AddrPort{})
+				}
+				sl[slot] = be
+				s.Slots[key] = sl
+			case kindAddrs:
+				if a, ok := addrFrom(e.Key); ok {
+					s.IPVIPs = append(s.IPVIPs, a)
+				}
+			}
+		}
+	}
+	return s, nil
+}
+
+// ruleText names a rule by the text of the known rule whose expressions it
+// has, or by its handle.
+func (k *Kernel) ruleText(r *nftables.Rule, known []rule) string {
+	got, err := encodeExprs(r.Exprs)
+	if err == nil {
+		for _, w := range known {
+			want, err := encodeExprs(k.ruleExprs(w, nil))
+			if err == nil && bytes.Equal(got, want) {
+				return w.text
+			}
+		}
+	}
+	return fmt.Sprintf("(rule handle %d: %d expressions l4lb did not write)", r.Handle, len(r.Exprs))
+}
+
+// decodeRefusePrefix recognises "ip daddr PREFIX goto refuse" (or ip6).
+func decodeRefusePrefix(es []expr.Any) (netip.Prefix, bool) {
+	var load *expr.Payload
+	var data []byte
+	bits := -1
+	for _, e := range es {
+		switch x := e.(type) {
+		case *expr.Payload:
+			load = x
+		case *expr.Bitwise:
+			bits = 0
+			for _, m := range x.Mask {
+				for ; m != 0; m <<= 1 {
+					bits++
+				}
+			}
+		case *expr.Cmp:
+			if load != nil {
+				data = x.Data
+			}
+		}
+	}
+	if load == nil || data == nil {
+		return netip.Prefix{}, false
+	}
+	var full []byte
+	switch load.Offset {
+	case 16:
+		full = make([]byte, 4)
+	case 24:
+		full = make([]byte, 16)
+	default:
+		return netip.Prefix{}, false
+	}
+	if len(data) > len(full) {
+		return netip.Prefix{}, false
+	}
+	copy(full, data)
+	if bits < 0 {
+		bits = 8 * len(data)
+	}
+	a, _ := addrFrom(full)
+	p, err := a.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	// Only a rule that is exactly l4lb's refusal of that prefix counts.
+	got, err1 := encodeExprs(es)
+	want, err2 := encodeExprs((&Kernel{}).ruleExprs(refusePrefixRule(p), nil))
+	if err1 != nil || err2 != nil || !bytes.Equal(got, want) {
+		return netip.Prefix{}, false
+	}
+	return p, true
+}
+
+func hookName(h nftables.ChainHook) string {
+	switch h {
+	case *nftables.ChainHookPrerouting:
+		return "prerouting"
+	case *nftables.ChainHookInput:
+		return "input"
+	case *nftables.ChainHookForward:
+		return "forward"
+	case *nftables.ChainHookOutput:
+		return "output"
+	case *nftables.ChainHookPostrouting:
+		return "postrouting"
+	}
+	return fmt.Sprintf("hook%d", h)
+}
+
+// TraceProbe says which packets a trace rule marks: those of one probe
+// socket, by protocol, destination and source port.
+type TraceProbe struct {
+	Chain   string // name of the private chain, unique to this probe
+	Proto   vip.Proto
+	Dst     netip.AddrPort
+	SrcPort uint16
+}
+
+// TraceChainPrefix starts the name of every probe chain, so that an
+// operator (and a full resync, which drops chains it does not know) can
+// tell them apart.
+const TraceChainPrefix = "explain-trace-"
+
+// traceChainPriority runs the probe chain before l4lb's dstnat chains
+// (priority -100), at the priority of raw.
+const traceChainPriority = -300
+
+// TraceText is the text of the probe's rule, as nft lists it.
+func (p TraceProbe) TraceText() string {
+	return fmt.Sprintf("%s daddr %s %s dport %d %s sport %d meta nftrace set 1",
+		ipOf(p.Dst.Addr().Is6()), p.Dst.Addr(), p.Proto, p.Dst.Port(), p.Proto, p.SrcPort)
+}
+
+// AddTrace adds a private base chain at the output hook of l4lb's table,
+// before its nat chains, with one rule that sets nftrace on the probe's
+// packets. remove deletes the chain again; call it whatever happens
+// (a chain left behind by a killed process is dropped by the daemon's next
+// full resync, which removes chains it does not know).
+func (k *Kernel) AddTrace(ctx context.Context, p TraceProbe) (remove func(context.Context) error, err error) {
+	if !strings.HasPrefix(p.Chain, TraceChainPrefix) {
+		return nil, fmt.Errorf("trace chain %q: name must start with %q", p.Chain, TraceChainPrefix)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	enc, err := newEncoder()
+	if err != nil {
+		return nil, err
+	}
+	t := &nftables.Table{Name: k.table, Family: nftables.TableFamilyINet}
+	accept := nftables.ChainPolicyAccept
+	ch := &nftables.Chain{Name: p.Chain, Table: t, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookOutput,
+		Priority: nftables.ChainPriorityRef(traceChainPriority), Policy: &accept}
+	v6 := p.Dst.Addr().Is6()
+	exprs := append(nfproto(v6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(p.Proto)}},
+		loadAddr(v6, false, reg1),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: addrBytes(p.Dst.Addr())},
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(p.Dst.Port())},
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(p.SrcPort)},
+		&expr.Immediate{Register: reg1, Data: []byte{1}},
+		&expr.Meta{Key: expr.MetaKeyNFTRACE, SourceRegister: true, Register: reg1},
+	)
+	enc.c.AddChain(ch)
+	enc.c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
+	b, err := enc.take([]string{"add chain " + p.Chain + " (filter hook output priority -300)", "add rule " + p.Chain + " " + p.TraceText()})
+	if err != nil {
+		return nil, err
+	}
+	if err := k.tr.send(ctx, b); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
+			return nil, fmt.Errorf("this kernel does not support `meta nftrace set 1` in table %s: %w", k.table, err)
+		}
+		return nil, fmt.Errorf("add trace chain %s to table %s: %w", p.Chain, k.table, err)
+	}
+	remove = func(ctx context.Context) error {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		enc, err := newEncoder()
+		if err != nil {
+			return err
+		}
+		enc.c.FlushChain(ch)
+		enc.c.DelChain(ch)
+		b, err := enc.take([]string{"flush chain " + p.Chain, "delete chain " + p.Chain})
+		if err != nil {
+			return err
+		}
+		if err := k.tr.send(ctx, b); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil // already gone (a resync dropped it)
+			}
+			return fmt.Errorf("remove trace chain %s from table %s: %w", p.Chain, k.table, err)
+		}
+		return nil
+	}
+	return remove, nil
 }

@@ -23,6 +23,9 @@ type Config struct {
 	Framework string       // framework label in names, FrameworkMarathon when empty
 	Resolver  Resolver     // for task hosts that are names; nil accepts literals only
 	Previous  Allocations  // earlier named VIP addresses, kept while their VIP lives
+	// Guard refuses IP VIP addresses that are not meant for VIPs; the zero
+	// Guard applies the static rules and the hosts of the desired state.
+	Guard Guard
 }
 
 // Decl is one VIP declaration: one VIP label of one port of an app (or of
@@ -133,6 +136,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 	cfg = cfg.withDefaults()
 	var problems []Problem
 	var decls []Decl
+	var hosts []Host
 	seen := map[string]bool{}
 
 	sorted := slices.Clone(apps)
@@ -146,14 +150,17 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		d, p, _ := DeclareApp(app, cfg, nil)
 		decls = append(decls, d...)
 		problems = append(problems, p...)
+		hosts = append(hosts, AppHosts(app, cfg.Resolver, len(d) > 0)...)
 	}
-	state, buildProblems := Build(decls, cfg)
+	state, buildProblems := Build(decls, cfg, hosts...)
 	return state, sortProblems(append(problems, buildProblems...))
 }
 
 // Build computes the desired state from declarations, in one pass: the
 // reference that an Index, which applies changes, must always equal.
-func Build(decls []Decl, cfg Config) (State, []Problem) {
+// hosts are the task hosts of the declarers and of any other app (see
+// AppHosts): no IP VIP may take them, nor the address of any backend.
+func Build(decls []Decl, cfg Config, hosts ...Host) (State, []Problem) {
 	cfg = cfg.withDefaults()
 	groups := map[groupID]*group{}
 	for _, d := range decls {
@@ -165,7 +172,32 @@ func Build(decls []Decl, cfg Config) (State, []Problem) {
 		}
 		g.add(d)
 	}
-	state, problems := build(groups, cfg)
+	// Hosts are looked at only where an IP VIP asks for their address.
+	uses := map[netip.Addr]hostUse{}
+	for k := range groups {
+		if k.name == "" {
+			uses[k.ip] = hostUse{}
+		}
+	}
+	use := func(a netip.Addr, u hostUse) {
+		if cur, ok := uses[a]; ok && (cur.what == "" || u.compare(cur) < 0) {
+			uses[a] = u
+		}
+	}
+	if len(uses) > 0 {
+		for _, h := range hosts {
+			use(h.Addr, h.use())
+		}
+		for _, d := range decls {
+			for _, b := range d.Backends {
+				use(b.Addr, backendUse(b))
+			}
+		}
+	}
+	state, problems := build(groups, func(a netip.Addr) (string, bool) {
+		u := uses[a]
+		return u.what, u.what != ""
+	}, cfg)
 	return state, sortProblems(problems)
 }
 
@@ -223,22 +255,40 @@ func portDecls(appID string, port appPort, cfg Config) ([]Decl, []Problem) {
 	return out, problems
 }
 
-// build turns groups into VIPs: addresses for named VIPs, family checks for
-// IP VIPs, sorted output.
-func build(groups map[groupID]*group, cfg Config) (State, []Problem) {
+// build turns groups into VIPs: addresses for named VIPs, the guard and
+// family checks for IP VIPs, sorted output. taken says which task host or
+// backend holds an address, for the guard.
+func build(groups map[groupID]*group, taken func(netip.Addr) (string, bool), cfg Config) (State, []Problem) {
 	var problems []Problem
 	keys := slices.SortedFunc(maps.Keys(groups), groupID.compare)
 	for _, k := range keys {
 		groups[k].dedupe()
 	}
 
-	// IP VIP addresses are reserved: the allocator never hands them out.
+	// IP VIP addresses are reserved: the allocator never hands them out,
+	// not even those the guard refuses (so that a name does not take an
+	// address an IP VIP gets once the guard lets it).
 	reserved := map[netip.Addr]bool{}
 	for _, k := range keys {
 		if g := groups[k]; g.spec.Name == "" {
 			reserved[g.spec.IP] = true
 		}
 	}
+
+	// IP VIPs that would take an address not meant for VIPs are refused
+	// before anything else sees them.
+	keys = slices.DeleteFunc(keys, func(k groupID) bool {
+		g := groups[k]
+		if g.spec.Name != "" {
+			return false
+		}
+		reason := cfg.Guard.reason(g.spec.IP, taken)
+		if reason == "" {
+			return false
+		}
+		problems = append(problems, refusedProblems(g, reason)...)
+		return true
+	})
 
 	// Which families each name needs: IPv4 when it has IPv4 backends or no
 	// backends at all, IPv6 when it has IPv6 backends.
@@ -350,6 +400,16 @@ func newVIP(g *group, addr netip.Addr) VIP {
 		Proto: g.proto,
 		Apps:  slices.Sorted(maps.Keys(g.apps)),
 	}
+}
+
+// refusedProblems reports the refusal of an IP VIP by the guard for every
+// app label behind a group, with the refused address.
+func refusedProblems(g *group, reason string) []Problem {
+	ps := groupProblems(g, fmt.Sprintf("IP VIP address %s refused: %s", g.spec.IP, reason))
+	for i := range ps {
+		ps[i].Refused = g.spec.IP.String()
+	}
+	return ps
 }
 
 // groupProblems reports a problem once for every app label behind a group.

@@ -15,6 +15,13 @@ import (
 // Build computes from the current declarations with the Index's
 // allocations as Previous. An Index is not safe for concurrent use; the
 // States it returns are immutable and may be shared.
+//
+// The IP VIP guard (Guard) is applied to every IP VIP unit it recomputes.
+// The index keeps which groups use each task host and backend address (a
+// reference count per group), so that a change costs the addresses it
+// touches; an IP VIP at an address whose uses changed is recomputed, and
+// all IP VIPs (never named ones) when the agent's networks change
+// (SetLocal).
 type Index struct {
 	cfg    Config
 	pool4  pool
@@ -25,6 +32,8 @@ type Index struct {
 	alloc6 map[string]netip.Addr
 	owner  map[netip.Addr]string // named allocations: address -> name
 	dirty  map[unitKey]bool
+	ips    map[netip.Addr]bool            // addresses of the IP VIP units
+	hosts  map[netip.Addr]map[string]bool // task host and backend addresses -> keys of the groups using them
 
 	vips         []VIP // sorted by key; changed in place by Commit
 	version      uint64
@@ -37,6 +46,7 @@ type Index struct {
 type indexGroup struct {
 	decls    []Decl
 	problems []Problem
+	hosts    []Host
 }
 
 type indexUnit struct {
@@ -54,23 +64,29 @@ func NewIndex(cfg Config) *Index {
 		groups: map[string]*indexGroup{}, units: map[unitKey]*indexUnit{},
 		alloc4: map[string]netip.Addr{}, alloc6: map[string]netip.Addr{},
 		owner: map[netip.Addr]string{}, dirty: map[unitKey]bool{},
+		ips: map[netip.Addr]bool{}, hosts: map[netip.Addr]map[string]bool{},
 		allocSnap: Allocations{V4: map[string]netip.Addr{}, V6: map[string]netip.Addr{}},
 	}
 }
 
-// Set replaces the declarations and problems of the group key (or adds
-// it). Nothing is recomputed before Commit. The declarations must not be
-// changed afterwards.
-func (x *Index) Set(key string, decls []Decl, problems []Problem) {
+// Set replaces the declarations, problems and task hosts of the group key
+// (or adds it). hosts are the addresses of the group's task hosts
+// (AppHosts), which no IP VIP may take, as no IP VIP may take a backend's.
+// Nothing is recomputed before Commit. The arguments must not be changed
+// afterwards.
+func (x *Index) Set(key string, decls []Decl, problems []Problem, hosts ...Host) {
 	old := x.groups[key]
+	var oldAddrs []netip.Addr
 	if old != nil {
-		if slices.EqualFunc(old.decls, decls, declEqual) && slices.Equal(old.problems, problems) {
+		if slices.EqualFunc(old.decls, decls, declEqual) && slices.Equal(old.problems, problems) && slices.Equal(old.hosts, hosts) {
 			return
 		}
 		x.unlink(key, old)
+		oldAddrs = old.addrs()
 	}
-	g := &indexGroup{decls: decls, problems: problems}
+	g := &indexGroup{decls: decls, problems: problems, hosts: hosts}
 	x.groups[key] = g
+	x.useHosts(key, oldAddrs, g.addrs())
 	if len(problems) > 0 {
 		x.problems = nil
 		x.nProblems++
@@ -81,6 +97,9 @@ func (x *Index) Set(key string, decls []Decl, problems []Problem) {
 		if iu == nil {
 			iu = &indexUnit{groups: map[string]int{}}
 			x.units[u] = iu
+			if u.name == "" {
+				x.ips[u.ip] = true
+			}
 		}
 		iu.groups[key]++
 		x.dirty[u] = true
@@ -92,6 +111,101 @@ func (x *Index) Delete(key string) {
 	if old := x.groups[key]; old != nil {
 		x.unlink(key, old)
 		delete(x.groups, key)
+		x.useHosts(key, old.addrs(), nil)
+	}
+}
+
+// addrs returns the task host and backend addresses a group uses, sorted,
+// each once.
+func (g *indexGroup) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, h := range g.hosts {
+		out = append(out, h.Addr)
+	}
+	for _, d := range g.decls {
+		for _, b := range d.Backends {
+			out = append(out, b.Addr)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// useHosts moves the uses of the group key from the addresses old to the
+// addresses cur (both sorted). An IP VIP at any of these addresses is
+// recomputed: the address may have become free or taken, or another task
+// may now be the one its refusal names.
+func (x *Index) useHosts(key string, old, cur []netip.Addr) {
+	i, j := 0, 0
+	for i < len(old) || j < len(cur) {
+		var a netip.Addr
+		switch {
+		case j == len(cur) || i < len(old) && old[i].Less(cur[j]):
+			a = old[i]
+			i++
+			if keys := x.hosts[a]; keys != nil {
+				delete(keys, key)
+				if len(keys) == 0 {
+					delete(x.hosts, a)
+				}
+			}
+		case i == len(old) || cur[j].Less(old[i]):
+			a = cur[j]
+			j++
+			keys := x.hosts[a]
+			if keys == nil {
+				keys = map[string]bool{}
+				x.hosts[a] = keys
+			}
+			keys[key] = true
+		default:
+			a = old[i]
+			i++
+			j++
+		}
+		if x.ips[a] {
+			x.dirty[unitKey{ip: a}] = true
+		}
+	}
+}
+
+// taken says which task host or backend uses a, for the guard: the least
+// use over the groups that use it (see hostUse), as Build chooses it.
+func (x *Index) taken(a netip.Addr) (string, bool) {
+	keys := x.hosts[a]
+	if len(keys) == 0 {
+		return "", false
+	}
+	var best hostUse
+	for key := range keys {
+		g := x.groups[key]
+		for _, h := range g.hosts {
+			if u := h.use(); h.Addr == a && (best.what == "" || u.compare(best) < 0) {
+				best = u
+			}
+		}
+		for _, d := range g.decls {
+			for _, b := range d.Backends {
+				if u := backendUse(b); b.Addr == a && (best.what == "" || u.compare(best) < 0) {
+					best = u
+				}
+			}
+		}
+	}
+	return best.what, best.what != ""
+}
+
+// SetLocal gives the index the agent's networks, re-read every sync. When
+// they differ from the ones it holds, every IP VIP is checked again at the
+// next Commit; named VIPs are not touched.
+func (x *Index) SetLocal(l *LocalNets) {
+	cur := x.cfg.Guard.Local
+	if cur == l || cur != nil && l != nil && slices.Equal(cur.Own, l.Own) && slices.Equal(cur.Connected, l.Connected) {
+		return
+	}
+	x.cfg.Guard.Local = l
+	for a := range x.ips {
+		x.dirty[unitKey{ip: a}] = true
 	}
 }
 
@@ -235,6 +349,9 @@ func (x *Index) recompute(u unitKey) (before, after []VIP) {
 	iu.vips, iu.problems = vips, problems
 	if len(iu.groups) == 0 {
 		delete(x.units, u)
+		if u.name == "" {
+			delete(x.ips, u.ip)
+		}
 	}
 	return before, after
 }
@@ -339,10 +456,19 @@ func (x *Index) touchIP(a netip.Addr) {
 	}
 }
 
-// buildIP builds the VIPs of an IP VIP address, as build does.
+// buildIP builds the VIPs of an IP VIP address, as build does: the guard
+// first, then the named VIPs, then the backends' family.
 func (x *Index) buildIP(ip netip.Addr, keys []groupID, groups map[groupID]*group) ([]VIP, []Problem) {
 	var vips []VIP
 	var problems []Problem
+	if len(keys) > 0 {
+		if reason := x.cfg.Guard.reason(ip, x.taken); reason != "" {
+			for _, k := range keys {
+				problems = append(problems, refusedProblems(groups[k], reason)...)
+			}
+			return nil, problems
+		}
+	}
 	for _, k := range keys {
 		g := groups[k]
 		if name := x.owner[ip]; name != "" {

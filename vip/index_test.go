@@ -22,7 +22,13 @@ func randomApp(r *rand.Rand, id string) App {
 		labels := map[string]string{}
 		for l := 0; l < r.IntN(3); l++ {
 			var v string
-			switch r.IntN(5) {
+			switch r.IntN(7) {
+			case 5:
+				// An IP VIP at a task host or backend address (refused while
+				// a task uses it), or inside the agent's networks.
+				v = fmt.Sprintf("198.19.0.%d:%d", 1+r.IntN(8), 80+r.IntN(2))
+			case 6:
+				v = fmt.Sprintf("[fd00:198:19::%d]:80", 1+r.IntN(5))
 			case 0:
 				v = fmt.Sprintf("198.18.0.%d:%d", 1+r.IntN(4), 80+r.IntN(2))
 			case 1:
@@ -51,21 +57,56 @@ func randomApp(r *rand.Rand, id string) App {
 		}
 		app.Tasks = append(app.Tasks, task)
 	}
+	if r.IntN(4) == 0 {
+		// A container network: the backends are the tasks' own addresses.
+		app.Networks = []Network{{Mode: "container"}}
+		app.Container = &Container{PortMappings: app.PortDefinitions}
+		app.PortDefinitions = nil
+		for i := range app.Container.PortMappings {
+			port := 80
+			app.Container.PortMappings[i].ContainerPort = &port
+		}
+		for i := range app.Tasks {
+			app.Tasks[i].IPAddresses = []TaskIPAddress{{IPAddress: fmt.Sprintf("198.19.0.%d", 7+r.IntN(2))}}
+		}
+	}
 	return app
 }
 
 // TestIndexEqualsBuild applies random sequences of app and task changes to
 // an Index, as deltas, and checks after each commit that the state and the
 // problems are those Build computes from all current declarations at once,
-// and that the Change lists exactly the VIPs that differ.
+// and that the Change lists exactly the VIPs that differ. IP VIPs collide
+// with task hosts and backends (of apps with and without VIPs, in any task
+// state), and the agent's networks change now and then: the guard must
+// refuse and release them exactly as Build does.
 func TestIndexEqualsBuild(t *testing.T) {
+	nets := []*LocalNets{
+		nil,
+		{Own: []netip.Prefix{netip.MustParsePrefix("198.19.0.6/32")}},
+		{Own: []netip.Prefix{netip.MustParsePrefix("198.19.0.6/32")}, Connected: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/30")}},
+		{Connected: []netip.Prefix{netip.MustParsePrefix("fd00:198:19::/126"), netip.MustParsePrefix("198.18.0.0/30")}},
+	}
+	refused := map[string]int{} // how often each kind of refusal was seen
+	defer func() {
+		for _, kind := range []string{"the address of task host", "the address of backend", "an address of this agent", "directly connected", "outside --ip-vip-ranges"} {
+			if refused[kind] == 0 {
+				t.Errorf("no refusal %q was exercised: %v", kind, refused)
+			}
+		}
+	}()
 	for seed := uint64(1); seed <= 200; seed++ {
 		r := rand.New(rand.NewPCG(seed, 7))
 		cfg := Config{Pool4: netip.MustParsePrefix("198.18.0.0/28"), Pool6: netip.MustParsePrefix("fd00:198:18::/124")}
+		if seed%3 == 0 {
+			cfg.Guard.Ranges = []netip.Prefix{netip.MustParsePrefix("198.19.0.0/29"), netip.MustParsePrefix("fd00:198:18::/64")}
+		}
+		cfg.Guard.Local = nets[seed%uint64(len(nets))]
 		x := NewIndex(cfg)
 		type held struct {
 			decls    []Decl
 			problems []Problem
+			hosts    []Host
 		}
 		apps := map[string]held{}
 		prev := x.State()
@@ -77,15 +118,22 @@ func TestIndexEqualsBuild(t *testing.T) {
 					delete(apps, id)
 					continue
 				}
-				d, p, _ := DeclareApp(randomApp(r, id), cfg, nil)
-				x.Set(id, d, p)
-				apps[id] = held{d, p}
+				app := randomApp(r, id)
+				d, p, _ := DeclareApp(app, cfg, nil)
+				h := AppHosts(app, nil, len(d) > 0)
+				x.Set(id, d, p, h...)
+				apps[id] = held{d, p, h}
+			}
+			if r.IntN(5) == 0 {
+				cfg.Guard.Local = nets[r.IntN(len(nets))]
+				x.SetLocal(cfg.Guard.Local)
 			}
 			ch := x.Commit()
 			got := x.State()
 
 			var all []Decl
 			var problems []Problem
+			var hosts []Host
 			for _, id := range slices.Sorted(func(yield func(string) bool) {
 				for id := range apps {
 					if !yield(id) {
@@ -95,10 +143,11 @@ func TestIndexEqualsBuild(t *testing.T) {
 			}) {
 				all = append(all, apps[id].decls...)
 				problems = append(problems, apps[id].problems...)
+				hosts = append(hosts, apps[id].hosts...)
 			}
 			full := cfg
 			full.Previous = got.Allocations
-			want, wantProblems := Build(all, full)
+			want, wantProblems := Build(all, full, hosts...)
 			wantProblems = sortProblems(append(problems, wantProblems...))
 			if !reflect.DeepEqual(nonNil(got.VIPs), nonNil(want.VIPs)) {
 				t.Fatalf("seed %d step %d: index\n%s\nbuild\n%s", seed, step, strings.Join(summary(got), "\n"), strings.Join(summary(want), "\n"))
@@ -108,6 +157,13 @@ func TestIndexEqualsBuild(t *testing.T) {
 			}
 			if gp := x.Problems(); !slices.Equal(gp, wantProblems) {
 				t.Fatalf("seed %d step %d: problems\n%v\nbuild\n%v", seed, step, gp, wantProblems)
+			}
+			for _, p := range wantProblems {
+				for _, kind := range []string{"the address of task host", "the address of backend", "an address of this agent", "directly connected", "outside --ip-vip-ranges"} {
+					if p.Refused != "" && strings.Contains(p.Reason, kind) {
+						refused[kind]++
+					}
+				}
 			}
 			// The change is exactly the difference between the states.
 			b, a := diffVIPs(prev.VIPs, got.VIPs)

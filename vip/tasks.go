@@ -3,6 +3,7 @@ package vip
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -214,6 +215,41 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 		out = append(out, liveTask{Task: t, id: id, state: st.backendState()})
 	}
 	return out, problems, next
+}
+
+// AppHosts returns the addresses of an app's task hosts, whatever the
+// tasks' states, one per address (the first task at it): an IP VIP must not
+// take a host's address (Build, Index). Host names are looked up (the
+// resolver caches them) only when resolve is set, for apps that declare
+// VIPs, so that other apps cost no lookups.
+func AppHosts(app App, r Resolver, resolve bool) []Host {
+	var out []Host
+	for i := range app.Tasks {
+		t := &app.Tasks[i]
+		if t.Host == "" {
+			continue
+		}
+		var addrs []netip.Addr
+		if a, err := netip.ParseAddr(t.Host); err == nil {
+			addrs = []netip.Addr{a}
+		} else if resolve && r != nil {
+			addrs, _ = r.LookupHost(t.Host) // a failure is the task's problem where it backs a VIP
+		}
+		for _, a := range addrs {
+			if a = a.Unmap(); !a.IsValid() || a.Zone() != "" {
+				continue
+			}
+			if slices.ContainsFunc(out, func(h Host) bool { return h.Addr == a }) {
+				continue
+			}
+			id := t.ID
+			if id == "" {
+				id = fmt.Sprintf("#%d", i)
+			}
+			out = append(out, Host{Addr: a, Name: t.Host, Task: id, App: app.ID})
+		}
+	}
+	return out
 }
 
 // portBackends finds the backends of port i for every live task:

@@ -149,6 +149,9 @@ type Problem struct {
 	Label  string `json:"label,omitempty"`
 	Task   string `json:"task,omitempty"`
 	Reason string `json:"reason"`
+	// Refused is the address of an IP VIP that the guard refused (see
+	// Guard), empty for other problems.
+	Refused string `json:"refused,omitempty"`
 }
 
 func (p Problem) Error() string {

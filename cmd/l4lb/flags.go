@@ -48,12 +48,42 @@ func (f prefixFlag) Set(v string) error {
 	return nil
 }
 
+// prefixListFlag is a comma-separated list of prefixes, such as
+// 198.18.255.0/24,fd00:198:18::/64; it may be repeated.
+type prefixListFlag struct{ l *[]netip.Prefix }
+
+func (f prefixListFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	s := make([]string, len(*f.l))
+	for i, p := range *f.l {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (f prefixListFlag) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return fmt.Errorf("not a prefix: %w", err)
+		}
+		*f.l = append(*f.l, p.Masked())
+	}
+	return nil
+}
+
 // modelFlags are the flags that decide the desired state, shared by run and
 // render so that render prints exactly what run applies.
 type modelFlags struct {
 	sources  listFlag
 	pool4    netip.Prefix
 	pool6    netip.Prefix
+	ipRanges []netip.Prefix // --ip-vip-ranges: where IP VIPs may be; empty: anywhere the guard allows
 	stateDir string
 	table    string
 	zone     string
@@ -65,6 +95,7 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.Var(&m.sources, "source", "where apps come from: file:PATH or marathon:URL (repeat to merge)")
 	fs.Var(prefixFlag{&m.pool4}, "vip-pool", "IPv4 pool of named VIP addresses")
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
+	fs.Var(prefixListFlag{&m.ipRanges}, "ip-vip-ranges", "CIDR[,CIDR]: IP VIPs (labels with an address) must fall inside these ranges; recommended in production")
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
 	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
 	fs.StringVar(&m.zone, "dns-zone", vip.DefaultDomain, "DNS zone of named VIPs: NAME.marathon.ZONE")
@@ -73,6 +104,23 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
 	fs.DurationVar(&m.marathon.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
 	fs.DurationVar(&m.marathon.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
+}
+
+// guard is the part of the IP VIP guard that the flags decide.
+func (m *modelFlags) guard() vip.Guard { return vip.Guard{Ranges: m.ipRanges} }
+
+// checkPoolsLocal refuses pools that overlap the agent's own addresses or
+// its connected networks (DESIGN section 1): an error at start.
+func (m *modelFlags) checkPoolsLocal(l *vip.LocalNets) error {
+	for _, p := range []struct {
+		flag string
+		p    netip.Prefix
+	}{{"--vip-pool", m.pool4}, {"--vip-pool6", m.pool6}} {
+		if reason := l.PoolReason(p.p); reason != "" {
+			return fmt.Errorf("%s %s %s: named VIPs would take these addresses over", p.flag, p.p, reason)
+		}
+	}
+	return nil
 }
 
 // parseSources turns --source specs into sources with the Marathon options.
@@ -104,6 +152,16 @@ func (m *modelFlags) check() error {
 	}
 	if m.pool6.Bits() < 64 {
 		return fmt.Errorf("%w: --vip-pool6 %s: pools larger than a /64 are not supported", errUsage, m.pool6)
+	}
+	// A named VIP takes its address over on the agent: a pool must not
+	// overlap addresses that are not meant for VIPs.
+	for _, p := range []struct {
+		flag string
+		p    netip.Prefix
+	}{{"--vip-pool", m.pool4}, {"--vip-pool6", m.pool6}} {
+		if reason := vip.StaticPoolReason(p.p); reason != "" {
+			return fmt.Errorf("%w: %s %s %s: named VIPs would take these addresses over", errUsage, p.flag, p.p, reason)
+		}
 	}
 	if m.zone == "" || strings.ContainsAny(m.zone, " \t/:") || strings.HasPrefix(m.zone, ".") {
 		return fmt.Errorf("%w: --dns-zone %q is not a domain", errUsage, m.zone)

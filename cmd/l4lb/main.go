@@ -19,6 +19,7 @@ Usage:
   l4lb run --source SPEC [--source SPEC ...] [flags]   the agent daemon
   l4lb render --source SPEC [flags]                    print the ruleset run would apply
   l4lb vips [--api ADDR] [--json]                      VIPs, backends and states of a running daemon
+  l4lb explain NAME:PORT|IP:PORT [--proto P] [--trace] where traffic to a VIP goes, and why
   l4lb cleanup [--table NAME]                          remove the table, routes and iptables rules
 
 Sources: file:PATH (a JSON file of Marathon apps), marathon:URL.
@@ -33,8 +34,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := runMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	var status *exitStatus
 	switch {
 	case err == nil:
+	case errors.As(err, &status):
+		if status.err != nil {
+			fmt.Fprintln(os.Stderr, "l4lb:", status.err)
+		}
+		os.Exit(status.code)
 	case errors.Is(err, flag.ErrHelp):
 	case errors.Is(err, errUsage):
 		fmt.Fprintln(os.Stderr, "l4lb:", err)
@@ -60,6 +67,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return cmdVIPs(ctx, rest, stdout, stderr)
 	case "cleanup":
 		return cmdCleanup(ctx, rest, stdout, stderr)
+	case "explain":
+		return cmdExplain(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/l4lb/l4lb/sync/api"
+	"github.com/l4lb/l4lb/vip"
 )
 
 func TestRenderDocumentationExample(t *testing.T) {
@@ -103,5 +104,74 @@ func TestPrintVIPs(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// render applies the static part of the IP VIP guard and --ip-vip-ranges
+// (also from L4LB_IP_VIP_RANGES); it has no kernel, so the agent's own
+// networks are not checked.
+func TestRenderRefusesIPVIPs(t *testing.T) {
+	dir := t.TempDir()
+	apps := filepath.Join(dir, "apps.json")
+	os.WriteFile(apps, []byte(`[{"id": "/hijack", "portDefinitions": [{"labels": {"VIP_0": "127.0.0.1:22", "VIP_1": "169.254.169.254:80",
+	  "VIP_2": "198.19.1.2:8080", "VIP_3": "224.0.0.1:80", "VIP_4": "0.0.0.0:80", "VIP_5": "[::1]:80", "VIP_6": "[fe80::1]:80",
+	  "VIP_7": "198.18.255.7:80", "VIP_8": "198.20.0.1:80"}}]},
+	  {"id": "/web", "portDefinitions": [{"labels": {"VIP_0": "web:80"}}],
+	   "tasks": [{"id": "w.1", "host": "198.19.1.2", "ports": [8080], "state": "TASK_RUNNING"}]}]`), 0o644)
+	t.Setenv("L4LB_IP_VIP_RANGES", "198.18.255.0/24, fd00:198:18::/64")
+	var out, errb bytes.Buffer
+	if err := runMain(context.Background(), []string{"render", "--source", "file:" + apps, "--state-dir", dir}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"problem: app /hijack label VIP_0: IP VIP address 127.0.0.1 refused: loopback address",
+		"problem: app /hijack label VIP_1: IP VIP address 169.254.169.254 refused: link-local address",
+		"problem: app /hijack label VIP_2: IP VIP address 198.19.1.2 refused: the address of task host 198.19.1.2 of task w.1 of app /web",
+		"problem: app /hijack label VIP_3: IP VIP address 224.0.0.1 refused: multicast address",
+		"problem: app /hijack label VIP_4: IP VIP address 0.0.0.0 refused: unspecified address",
+		"problem: app /hijack label VIP_5: IP VIP address ::1 refused: loopback address",
+		"problem: app /hijack label VIP_6: IP VIP address fe80::1 refused: link-local address",
+		"problem: app /hijack label VIP_8: IP VIP address 198.20.0.1 refused: outside --ip-vip-ranges 198.18.255.0/24,fd00:198:18::/64",
+	} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
+		}
+	}
+	text := out.String()
+	if !strings.Contains(text, "198.18.255.7 . tcp . 80") {
+		t.Errorf("the legitimate IP VIP is not rendered:\n%s", text)
+	}
+	for _, bad := range []string{"127.0.0.1", "169.254.169.254", "198.19.1.2", "224.0.0.1", "0.0.0.0", "::1", "fe80::1", "198.20.0.1"} {
+		if strings.Contains(text, bad+" . tcp") || strings.Contains(text, bad+"/") {
+			t.Errorf("render holds refused %s:\n%s", bad, text)
+		}
+	}
+}
+
+func TestPoolsNotMeantForVIPs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--vip-pool", "127.0.0.0/16"}, "--vip-pool 127.0.0.0/16 overlaps 127.0.0.0/8: loopback address"},
+		{[]string{"--vip-pool", "169.254.0.0/16"}, "link-local"},
+		{[]string{"--vip-pool", "224.1.0.0/16"}, "multicast"},
+		{[]string{"--vip-pool6", "fe80::/64"}, "--vip-pool6 fe80::/64 overlaps fe80::/10: link-local address"},
+		{[]string{"--vip-pool6", "ff02::/64"}, "multicast"},
+		{[]string{"--ip-vip-ranges", "198.18.255.0/24,nope"}, "ip-vip-ranges"},
+	} {
+		err := runMain(context.Background(), append([]string{"render", "--source", "file:x"}, c.args...), &bytes.Buffer{}, &bytes.Buffer{})
+		if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want a usage error with %q", c.args, err, c.want)
+		}
+	}
+	var m modelFlags
+	m.pool4, m.pool6 = netip.MustParsePrefix("198.19.0.0/16"), netip.MustParsePrefix("fd00:198:18::/64")
+	err := m.checkPoolsLocal(&vip.LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.19.0.0/24")}})
+	if err == nil || !strings.Contains(err.Error(), "--vip-pool 198.19.0.0/16 overlaps 198.19.0.0/24, a network this agent is directly connected to") {
+		t.Errorf("pool over a connected network: %v", err)
+	}
+	if err := m.checkPoolsLocal(&vip.LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.20.0.0/24")}}); err != nil {
+		t.Errorf("pool beside the connected networks: %v", err)
 	}
 }

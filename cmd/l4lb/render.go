@@ -38,6 +38,8 @@ func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	state, problems := vip.Desired(snap.Apps, vip.Config{
 		Pool4: m.pool4, Pool6: m.pool6, Domain: m.zone, Previous: prev, Resolver: &vip.CachingResolver{},
+		// No kernel here: the agent's own networks are not checked.
+		Guard: m.guard(),
 	})
 	for _, p := range append(snap.Problems, problems...) {
 		fmt.Fprintf(stderr, "problem: %v\n", p)

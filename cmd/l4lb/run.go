@@ -18,6 +18,7 @@ import (
 
 	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/dns"
+	"github.com/l4lb/l4lb/localnet"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/api"
@@ -113,6 +114,22 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("open netlink (l4lb run needs root or CAP_NET_ADMIN): %w", err)
 	}
 	defer k.Close()
+	// The agent's addresses and connected networks: no pool may overlap
+	// them, and no IP VIP may take them (re-read every sync).
+	nets, err := localnet.New()
+	if err != nil {
+		return fmt.Errorf("open route netlink: %w", err)
+	}
+	defer nets.Close()
+	local, err := nets.Read(ctx)
+	if err != nil {
+		return fmt.Errorf("read the agent's networks: %w", err)
+	}
+	if err := f.checkPoolsLocal(local); err != nil {
+		return err
+	}
+	guard := f.guard()
+	guard.Local = local
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -145,7 +162,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Forward:   forward.New(),
 		Conntrack: conntrack.NewCleaner(ct, f.flushUnhealthy, ctMetrics),
 		Metrics:   reconcile.NewMetrics(reg),
-		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Domain: f.zone, Resolver: &vip.CachingResolver{}},
+		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Domain: f.zone, Resolver: &vip.CachingResolver{}, Guard: guard},
+		Local:     nets,
 		DNS:       publisher,
 		DNSZone:   f.zone,
 		Table:     f.table,
@@ -161,8 +179,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srv := &http.Server{Handler: api.Handler(rec.Status, metrics), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info("starting", "sources", f.sources.String(), "table", f.table, "vipPool", f.pool4.String(),
-		"vipPool6", f.pool6.String(), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
+		"vipPool6", f.pool6.String(), "ipVIPRanges", prefixListFlag{&f.ipRanges}.String(), "agentOwn", len(local.Own), "agentConnected", len(local.Connected), "api", ln.Addr().String(), "dns", f.dnsListen.String(),
 		"dnsUpstreams", f.dnsUpstreams.String(), "zone", f.zone, "resync", f.resync.String())
+	if loose, err := conntrack.LoosePickup(); err != nil {
+		log.Warn("cannot tell whether conntrack picks up mid-stream TCP packets", "err", err)
+	} else if !loose {
+		log.Warn("net.netfilter.nf_conntrack_tcp_loose is 0: clients of a backend whose flows are deleted " +
+			"will not be reset by a live backend; set it to 1 (the kernel default)")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

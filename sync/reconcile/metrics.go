@@ -16,6 +16,7 @@ type Metrics struct {
 	vips           prometheus.Gauge
 	backends       *prometheus.GaugeVec
 	problems       prometheus.Gauge
+	refused        *prometheus.GaugeVec
 	sourceErrors   prometheus.Counter
 	sourceStale    prometheus.Gauge
 	natElements    prometheus.Counter
@@ -56,6 +57,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "l4lb_problems",
 			Help: "Apps, labels and tasks skipped in the last sync (see /v1/problems).",
 		}),
+		refused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "l4lb_ip_vips_refused",
+			Help: "1 for each label whose IP VIP address is not meant for VIPs and was refused in the last sync (the first 100; all are in /v1/problems).",
+		}, []string{"app", "label", "address"}),
 		sourceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "l4lb_source_errors_total",
 			Help: "Reads of the sources that failed (unreachable, timeout, invalid JSON).",
@@ -100,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.syncFailures.WithLabelValues(stage)
 	}
 	if reg != nil {
-		reg.MustRegister(m.syncDuration, m.syncFailures, m.lastSuccess, m.vips, m.backends, m.problems,
+		reg.MustRegister(m.syncDuration, m.syncFailures, m.lastSuccess, m.vips, m.backends, m.problems, m.refused,
 			m.sourceErrors, m.sourceStale, m.natElements, m.natBatches, m.natRebuilds, m.natDriftRepair,
 			m.fwdActive, m.fwdChanges, m.fwdErrors)
 	}
@@ -124,6 +129,25 @@ func (m *Metrics) observeState(vips int, counts backendCounts, problems int) {
 		m.backends.WithLabelValues(st.String()).Set(float64(counts[st]))
 	}
 	m.problems.Set(float64(problems))
+}
+
+// maxRefusedSeries bounds l4lb_ip_vips_refused: labels are user input, and
+// a metric must not grow without bound with it.
+const maxRefusedSeries = 100
+
+// observeRefused names the refused IP VIP labels of the last sync.
+func (m *Metrics) observeRefused(problems []vip.Problem) {
+	m.refused.Reset()
+	n := 0
+	for _, p := range problems {
+		if p.Refused == "" {
+			continue
+		}
+		if n++; n > maxRefusedSeries {
+			return
+		}
+		m.refused.WithLabelValues(p.App, p.Label, p.Refused).Set(1)
+	}
 }
 
 func (m *Metrics) observeNAT(res nat.Result, expectedChange bool) {

@@ -25,6 +25,7 @@ import (
 
 	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/dns"
+	"github.com/l4lb/l4lb/localnet"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/runner"
@@ -50,11 +51,16 @@ type Config struct {
 	// look only at the backends that lost their place. 5 minutes when zero.
 	ConntrackFullEvery time.Duration
 	Metrics            *Metrics   // nil: not measured
-	Model              vip.Config // pools, domain, resolver; Previous is managed here
-	Table              string
-	StateDir           string // where allocations persist; empty keeps them in memory
-	Logger             *slog.Logger
-	Now                func() time.Time // time.Now when nil
+	Model              vip.Config // pools, domain, resolver, guard; Previous and Guard.Local are managed here
+	// Local reads the agent's addresses and connected networks, which no IP
+	// VIP may take; re-read every time the desired state is computed, so a
+	// new interface counts at once. nil keeps Model.Guard.Local as given.
+	// A failed read keeps the last good one (Model.Guard.Local at first).
+	Local    localnet.Interface
+	Table    string
+	StateDir string // where allocations persist; empty keeps them in memory
+	Logger   *slog.Logger
+	Now      func() time.Time // time.Now when nil
 }
 
 // Publisher is what the DNS server offers the loop.
@@ -89,10 +95,12 @@ type Reconciler struct {
 	counts    backendCounts
 	alloc     vip.Allocations
 	allocErr  error
-	synced    bool      // a sync reached the kernel, and the compiler's ruleset is in it
-	unchecked string    // last report of iptables backends that cannot be inspected
-	ctFullAt  time.Time // when the last full conntrack pass ran
-	published *dns.Zone // what DNS answers from; nil before the first publish
+	synced    bool           // a sync reached the kernel, and the compiler's ruleset is in it
+	unchecked string         // last report of iptables backends that cannot be inspected
+	ctFullAt  time.Time      // when the last full conntrack pass ran
+	published *dns.Zone      // what DNS answers from; nil before the first publish
+	local     *vip.LocalNets // the agent's networks at the last good read
+	refused   []vip.Problem  // the problems l4lb_ip_vips_refused shows
 	status    atomic.Pointer[Status]
 
 	// The index's state is a view that Commit changes in place: Commit
@@ -118,7 +126,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	r := &Reconciler{cfg: cfg, log: cfg.Logger, compiler: nat.NewCompiler(cfg.Table), counts: backendCounts{}}
+	r := &Reconciler{cfg: cfg, log: cfg.Logger, compiler: nat.NewCompiler(cfg.Table), counts: backendCounts{}, local: cfg.Model.Guard.Local}
 	if cfg.StateDir != "" {
 		r.alloc, r.allocErr = vip.LoadAllocations(cfg.StateDir)
 		if r.allocErr != nil {
@@ -270,7 +278,7 @@ func (r *Reconciler) take() (ready bool, errs []error, failures int) {
 }
 
 func (r *Reconciler) set(i int, g *source.Group) {
-	r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems)
+	r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...)
 	r.held[i][g.Key] = true
 }
 
@@ -314,11 +322,19 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	}
 	defer func() { m.syncDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 
+	// The agent's networks are re-read every sync, also while the sources
+	// fail: an IP VIP inside a network that appeared meanwhile goes all the
+	// same. The index checks its IP VIPs again only when they changed.
+	r.index.SetLocal(r.readLocal(ctx))
 	r.viewMu.Lock()
 	ch := r.index.Commit()
 	r.viewMu.Unlock()
 	state := r.index.State()
 	problems := r.index.Problems()
+	if !sameProblems(problems, r.refused) {
+		m.observeRefused(problems)
+		r.refused = problems
+	}
 	if ch.Allocations {
 		r.saveAllocations(state.Allocations)
 	}
@@ -514,6 +530,32 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, ch vip
 			"full", res.Full, "listed", res.Flows, "took", (res.Dump + res.Select + res.Delete).String())
 	}
 	return nil
+}
+
+// readLocal re-reads the agent's networks for the IP VIP guard; a failed
+// read keeps the last good one.
+func (r *Reconciler) readLocal(ctx context.Context) *vip.LocalNets {
+	if r.cfg.Local == nil {
+		return r.local
+	}
+	l, err := r.cfg.Local.Read(ctx)
+	if err != nil {
+		r.log.Warn("cannot read the agent's networks; IP VIPs are checked against the last known ones", "err", err)
+		return r.local
+	}
+	if r.local != nil && slices.Equal(l.Own, r.local.Own) && slices.Equal(l.Connected, r.local.Connected) {
+		return r.local
+	}
+	r.log.Info("agent networks changed", "own", len(l.Own), "connected", len(l.Connected))
+	r.log.Debug("agent networks", "networks", l.String())
+	r.local = l
+	return l
+}
+
+// sameProblems reports whether a and b are the same list (the index
+// returns the same slice until its problems change).
+func sameProblems(a, b []vip.Problem) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain

@@ -6,12 +6,16 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/l4lb/l4lb/conntrack"
 	"github.com/l4lb/l4lb/dns"
+	"github.com/l4lb/l4lb/localnet"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
 	"github.com/l4lb/l4lb/sync/source"
@@ -323,5 +327,140 @@ func TestDNSPublishOrder(t *testing.T) {
 		if z == nil || z.Len() != len(r.Status().State.VIPs) {
 			t.Errorf("after syncing %s: DNS has %v, want every VIP's name", apps, z)
 		}
+	}
+}
+
+// The agent's networks are read again at every sync: an IP VIP inside a
+// network that appears later is refused from the next sync on (its rules
+// go), l4lb's routes never refuse anything, and a failed read keeps the
+// last good networks.
+func TestLocalNetworksReadEverySync(t *testing.T) {
+	src := &fakeSource{}
+	fk := nat.NewFake()
+	local := &localnet.Fake{Nets: &vip.LocalNets{Own: []netip.Prefix{netip.MustParsePrefix("198.19.0.1/32")}}}
+	reg := prometheus.NewRegistry()
+	r := New(Config{
+		Sources: []source.Source{src},
+		NAT:     fk,
+		Local:   local,
+		Metrics: NewMetrics(reg),
+		Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/17"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
+	})
+	src.attach(r, 0)
+	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "198.19.0.1:80"}}]}`, nil)
+	ctx := context.Background()
+	if err := r.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Status()
+	if len(st.State.VIPs) != 1 || st.State.VIPs[0].Addr.String() != "198.18.255.1" {
+		t.Fatalf("VIPs = %+v", st.State.VIPs)
+	}
+	if len(st.Problems) != 1 || st.Problems[0].Label != "VIP_1" || !strings.Contains(st.Problems[0].Reason, "an address of this agent") {
+		t.Fatalf("problems = %+v", st.Problems)
+	}
+	if strings.Contains(fk.Dump(), "198.19.0.1") {
+		t.Errorf("the refused address is programmed:\n%s", fk.Dump())
+	}
+	if got := refusedSeries(t, reg); !slices.Equal(got, []string{"/ip VIP_1 198.19.0.1"}) {
+		t.Errorf("l4lb_ip_vips_refused: %v", got)
+	}
+
+	// A new interface puts the IP VIP inside a connected network.
+	local.Nets = &vip.LocalNets{Own: local.Nets.Own, Connected: []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}}
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Status(); len(st.State.VIPs) != 0 || len(st.Problems) != 2 {
+		t.Fatalf("after the new network: VIPs %+v problems %+v", st.State.VIPs, st.Problems)
+	}
+	if strings.Contains(fk.Dump(), "198.18.255.1") {
+		t.Errorf("the IP VIP inside a connected network is still programmed:\n%s", fk.Dump())
+	}
+	if got := refusedSeries(t, reg); !slices.Equal(got, []string{"/ip VIP_0 198.18.255.1", "/ip VIP_1 198.19.0.1"}) {
+		t.Errorf("l4lb_ip_vips_refused: %v", got)
+	}
+
+	// A failed read keeps the last networks.
+	local.Err = errors.New("netlink down")
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Status(); len(st.State.VIPs) != 0 || len(st.Problems) != 2 {
+		t.Fatalf("after a failed read: VIPs %+v problems %+v", st.State.VIPs, st.Problems)
+	}
+	if local.Reads != 3 {
+		t.Errorf("networks read %d times in 3 syncs", local.Reads)
+	}
+}
+
+// refusedSeries lists the l4lb_ip_vips_refused series as "app label address".
+func refusedSeries(t *testing.T, reg *prometheus.Registry) []string {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range families {
+		if f.GetName() != "l4lb_ip_vips_refused" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			out = append(out, l["app"]+" "+l["label"]+" "+l["address"])
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// While the sources fail, the last good state is kept, but the agent's
+// networks are still read: an IP VIP inside a network that appeared since
+// goes at once.
+func TestLocalNetworksWhileSourcesFail(t *testing.T) {
+	src := &fakeSource{}
+	fk := nat.NewFake()
+	local := &localnet.Fake{Nets: &vip.LocalNets{}}
+	r := New(Config{
+		Sources: []source.Source{src},
+		NAT:     fk,
+		Local:   local,
+		Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/17"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
+	})
+	src.attach(r, 0)
+	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "web:80"}}]}`, nil)
+	ctx := context.Background()
+	if err := r.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Status().State.VIPs); n != 2 {
+		t.Fatalf("%d VIPs, want 2", n)
+	}
+	src.set("", errors.New("marathon down"))
+	local.Nets = &vip.LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.18.255.0/24")}}
+	if err := r.Sync(ctx, false); err == nil || !strings.Contains(err.Error(), "marathon down") {
+		t.Fatalf("Sync = %v, want the source error", err)
+	}
+	st := r.Status()
+	if len(st.State.VIPs) != 1 || st.State.VIPs[0].Name == "" {
+		t.Errorf("VIPs = %+v, want only the named one", st.State.VIPs)
+	}
+	if len(st.Problems) != 1 || st.Problems[0].Refused != "198.18.255.1" || st.Problems[0].App != "/ip" {
+		t.Errorf("problems = %+v", st.Problems)
+	}
+	if strings.Contains(fk.Dump(), "198.18.255.1") {
+		t.Errorf("the IP VIP inside the new network is still programmed:\n%s", fk.Dump())
+	}
+	// The sources come back: the refusal now names the label.
+	src.set(`{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.18.255.1:80", "VIP_1": "web:80"}}]}`, nil)
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if ps := r.Status().Problems; len(ps) != 1 || ps[0].Label != "VIP_0" {
+		t.Errorf("problems = %+v", ps)
 	}
 }

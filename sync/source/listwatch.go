@@ -33,6 +33,10 @@ type Group struct {
 	// task without a host), each naming the app or framework and the
 	// label or task.
 	Problems []vip.Problem
+	// Hosts are the addresses of the group's task hosts (vip.AppHosts),
+	// in any task state, also for a group without declarations: no IP VIP
+	// may take them (DESIGN section 1).
+	Hosts []vip.Host
 }
 
 // Sink is where a source delivers. The pipeline gives each source its own

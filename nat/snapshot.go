@@ -1,0 +1,109 @@
+package nat
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// Snapshot is l4lb's table as the kernel holds it, decoded for an operator
+// (l4lb explain): what each VIP element says, which backend fills which
+// slot, which addresses are refused, and the text of every rule. Kernel's
+// Snapshot reads it; it is plain data.
+type Snapshot struct {
+	Table  string
+	Exists bool                         // the table is in the kernel
+	Pools  []netip.Prefix               // prefixes the hooked chains refuse (the VIP pools)
+	IPVIPs []netip.Addr                 // addresses of ipvips4/ipvips6: every other port refused
+	VIPs   map[vip.Key]SnapVIP          // elements of vips4/vips6
+	Slots  map[vip.Key][]netip.AddrPort // backend map: slot i at index i (invalid where missing)
+	Chains map[string][]SnapRule        // rules of each chain of the table, in order
+	Hooks  map[string]string            // hook of each base chain ("output", ...)
+}
+
+// SnapVIP is one element of a VIP map.
+type SnapVIP struct {
+	Map     string // vips4 or vips6
+	Comment string
+	Chain   string // the chain it jumps to (goto), or a "(verdict N)" marker
+}
+
+// SnapRule is one rule of a chain: its handle and its nft text.
+type SnapRule struct {
+	Handle uint64
+	Text   string
+}
+
+// Element returns the VIP map's element for k, and the text nft would
+// list it with.
+func (s *Snapshot) Element(k vip.Key) (SnapVIP, string, bool) {
+	e, ok := s.VIPs[k]
+	if !ok {
+		return SnapVIP{}, "", false
+	}
+	return e, fmt.Sprintf("%s . %s . %d : goto %s", k.Addr, k.Proto, k.Port, e.Chain), true
+}
+
+// Refuses reports why the hooked chains refuse traffic to a, when no VIP
+// element matches: a pool that holds it, or the IP VIP set. Empty when
+// l4lb leaves such traffic alone.
+func (s *Snapshot) Refuses(a netip.Addr) string {
+	for _, p := range s.Pools {
+		if p.Contains(a) {
+			return fmt.Sprintf("%s daddr %s goto %s", ipOf(a.Is6()), p, chainRefuse)
+		}
+	}
+	if slices.Contains(s.IPVIPs, a) {
+		set := setIPVIPs4
+		if a.Is6() {
+			set = setIPVIPs6
+		}
+		return fmt.Sprintf("%s daddr @%s goto %s", ipOf(a.Is6()), set, chainRefuse)
+	}
+	return ""
+}
+
+// RuleText returns the text of the rule with the handle in the chain.
+func (s *Snapshot) RuleText(chain string, handle uint64) (string, bool) {
+	for _, r := range s.Chains[chain] {
+		if r.Handle == handle {
+			return r.Text, true
+		}
+	}
+	return "", false
+}
+
+// BackendMap is the name of the backend map of an address's family.
+func BackendMap(a netip.Addr) string {
+	if a.Is6() {
+		return mapBackends6
+	}
+	return mapBackends4
+}
+
+// RefuseChain is the chain that rejects traffic l4lb refuses.
+const RefuseChain = chainRefuse
+
+// knownRules returns the rules l4lb writes into a chain of that name, given
+// the pools the hooked chains refuse, with their texts.
+func knownRules(chain string, pools []netip.Prefix) ([]rule, bool) {
+	r := &Ruleset{}
+	for _, p := range pools {
+		if p.Addr().Is4() && !r.Pool4.IsValid() {
+			r.Pool4 = p
+		} else if p.Addr().Is6() && !r.Pool6.IsValid() {
+			r.Pool6 = p
+		}
+	}
+	for _, c := range r.chains() {
+		if c.name == chain {
+			return c.rules, true
+		}
+	}
+	if n := verdictCount(chain); n > 0 {
+		return lbChainDecl(n).rules, true
+	}
+	return nil, false
+}
