@@ -20,8 +20,10 @@ import (
 //     directly connected to; only the agent knows them, so in cluster mode
 //     each agent applies this part itself;
 //   - Guard.Reason: both, plus the addresses of task hosts and backends and
-//     the --ip-vip-ranges bound. Desired consults it for every IP VIP;
-//     Guard.Filter applies it to a state computed elsewhere.
+//     the --ip-vip-ranges bound. Build (so Desired) consults it for every
+//     IP VIP, Index for every IP VIP a change reaches (it keeps which
+//     groups use each host and backend address); Guard.Filter applies it
+//     to a state computed elsewhere.
 
 // staticRefused are the ranges no IP VIP and no VIP pool may touch, with
 // why.

@@ -242,3 +242,56 @@ func TestHealthMemory(t *testing.T) {
 		t.Fatalf("memory of a gone task kept: %v", known)
 	}
 }
+
+// TestIndexGuardWork: a task host that appears or goes rechecks only the
+// IP VIP at its address, and new agent networks recheck every IP VIP but no
+// named VIP; an IP VIP refused for a host comes back once the host goes.
+func TestIndexGuardWork(t *testing.T) {
+	cfg := Config{Pool4: netip.MustParsePrefix("198.18.0.0/24")}
+	x := NewIndex(cfg)
+	ip := App{ID: "/ip", PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "198.19.0.5:80", "VIP_1": "198.19.7.1:80", "VIP_2": "name:80"}}}}
+	d, p, _ := DeclareApp(ip, cfg, nil)
+	x.Set("/ip", d, p, AppHosts(ip, nil, true)...)
+	if ch := x.Commit(); len(ch.After) != 3 {
+		t.Fatalf("first commit: %+v", ch)
+	}
+	// An app without VIPs starts a task (still staging) on 198.19.0.5.
+	other := App{ID: "/other", Tasks: []Task{{ID: "o.1", Host: "198.19.0.5", State: "TASK_STAGING"}}}
+	d, p, _ = DeclareApp(other, cfg, nil)
+	x.Set("/other", d, p, AppHosts(other, nil, len(d) > 0)...)
+	if want := map[unitKey]bool{{ip: netip.MustParseAddr("198.19.0.5")}: true}; !reflect.DeepEqual(x.dirty, want) {
+		t.Fatalf("a new task host marked %v, want only the IP VIP at its address", x.dirty)
+	}
+	ch := x.Commit()
+	if len(ch.Before) != 1 || ch.Before[0].Addr.String() != "198.19.0.5" || len(ch.After) != 0 {
+		t.Fatalf("change %+v, want the IP VIP at the host gone", ch)
+	}
+	if ps := problemsOf(x.Problems()); !slices.Equal(ps, []string{
+		"app /ip label VIP_0: IP VIP address 198.19.0.5 refused: the address of task host 198.19.0.5 of task o.1 of app /other",
+	}) {
+		t.Fatalf("problems %v", ps)
+	}
+	// The agent's networks change: both IP VIPs are checked, the name not.
+	x.SetLocal(&LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.19.7.0/24")}})
+	if len(x.dirty) != 2 || x.dirty[unitKey{name: "name.marathon.l4lb.thisdcos.directory"}] {
+		t.Fatalf("new networks marked %v, want the two IP VIPs", x.dirty)
+	}
+	ch = x.Commit()
+	if len(ch.Before) != 1 || ch.Before[0].Addr.String() != "198.19.7.1" {
+		t.Fatalf("change %+v, want the IP VIP inside the new network gone", ch)
+	}
+	// The same networks again cost nothing.
+	x.SetLocal(&LocalNets{Connected: []netip.Prefix{netip.MustParsePrefix("198.19.7.0/24")}})
+	if len(x.dirty) != 0 {
+		t.Fatalf("unchanged networks marked %v", x.dirty)
+	}
+	// The task goes: the IP VIP comes back.
+	x.Delete("/other")
+	ch = x.Commit()
+	if len(ch.After) != 1 || ch.After[0].Addr.String() != "198.19.0.5" {
+		t.Fatalf("change %+v, want the IP VIP back", ch)
+	}
+	if ps := problemsOf(x.Problems()); len(ps) != 1 || !strings.Contains(ps[0], "198.19.7.1 refused: inside 198.19.7.0/24") {
+		t.Fatalf("problems %v", ps)
+	}
+}

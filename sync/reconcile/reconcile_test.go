@@ -464,3 +464,54 @@ func TestLocalNetworksWhileSourcesFail(t *testing.T) {
 		t.Errorf("problems = %+v", ps)
 	}
 }
+
+// A delta that brings a task host at an IP VIP's address (an app without
+// VIPs) takes the IP VIP down at the next sync and names the task; the
+// delta that removes the task brings it back. Nothing else is recomputed.
+func TestTaskHostDeltaGuardsIPVIP(t *testing.T) {
+	fk := nat.NewFake()
+	reg := prometheus.NewRegistry()
+	model := vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/17"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}
+	r := New(Config{Sources: []source.Source{&fakeSource{}}, NAT: fk, Metrics: NewMetrics(reg), Model: model})
+	sink := r.Sink(0)
+	groups := func(data string) []source.Group {
+		apps, problems, err := vip.ParseApps([]byte(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return source.AppGroups(apps, problems, model)
+	}
+	ctx := context.Background()
+	sink.Replace(groups(`[{"id": "/ip", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "198.19.0.5:80", "VIP_1": "web:80"}}]}]`))
+	if err := r.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Status().State.VIPs); n != 2 || !strings.Contains(fk.Dump(), "198.19.0.5") {
+		t.Fatalf("%d VIPs, want 2 with the IP VIP programmed:\n%s", n, fk.Dump())
+	}
+	sink.Update(groups(`[{"id": "/db", "tasks": [{"id": "db.1", "host": "198.19.0.5", "state": "TASK_STAGING"}]}]`), nil)
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	st := r.Status()
+	if len(st.State.VIPs) != 1 || st.State.VIPs[0].Name == "" || strings.Contains(fk.Dump(), "198.19.0.5") {
+		t.Fatalf("VIPs %+v, want only the named one; table:\n%s", st.State.VIPs, fk.Dump())
+	}
+	if len(st.Problems) != 1 || st.Problems[0].Refused != "198.19.0.5" ||
+		st.Problems[0].Reason != "IP VIP address 198.19.0.5 refused: the address of task host 198.19.0.5 of task db.1 of app /db" {
+		t.Fatalf("problems %+v", st.Problems)
+	}
+	if got := refusedSeries(t, reg); !slices.Equal(got, []string{"/ip VIP_0 198.19.0.5"}) {
+		t.Errorf("l4lb_ip_vips_refused: %v", got)
+	}
+	sink.Update(nil, []source.Key{"/db"})
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Status(); len(st.State.VIPs) != 2 || len(st.Problems) != 0 || !strings.Contains(fk.Dump(), "198.19.0.5") {
+		t.Fatalf("after the task went: VIPs %+v problems %+v", st.State.VIPs, st.Problems)
+	}
+	if got := refusedSeries(t, reg); len(got) != 0 {
+		t.Errorf("l4lb_ip_vips_refused after the task went: %v", got)
+	}
+}
