@@ -186,11 +186,15 @@ func Build(decls []Decl, cfg Config, hosts ...Host) (State, []Problem) {
 	}
 	if len(uses) > 0 {
 		for _, h := range hosts {
-			use(h.Addr, h.use())
+			if _, ok := uses[h.Addr]; ok {
+				use(h.Addr, h.use())
+			}
 		}
 		for _, d := range decls {
 			for _, b := range d.Backends {
-				use(b.Addr, backendUse(b))
+				if _, ok := uses[b.Addr]; ok {
+					use(b.Addr, backendUse(b))
+				}
 			}
 		}
 	}

@@ -32,8 +32,8 @@ type Index struct {
 	alloc6 map[string]netip.Addr
 	owner  map[netip.Addr]string // named allocations: address -> name
 	dirty  map[unitKey]bool
-	ips    map[netip.Addr]bool            // addresses of the IP VIP units
-	hosts  map[netip.Addr]map[string]bool // task host and backend addresses -> keys of the groups using them
+	ips    map[netip.Addr]bool      // addresses of the IP VIP units
+	hosts  map[netip.Addr]hostUsers // task host and backend addresses -> the groups using them
 
 	vips         []VIP // sorted by key; changed in place by Commit
 	version      uint64
@@ -41,6 +41,53 @@ type Index struct {
 	allocSnap    Allocations
 	problems     []Problem // sorted; nil when it must be rebuilt
 	nProblems    int       // groups and units with problems
+}
+
+// hostUsers are the keys of the groups that use an address: most addresses
+// (a task host, a container's address) have one, kept without a map.
+type hostUsers struct {
+	one  string
+	more map[string]bool // the others; nil while there are none
+}
+
+func (u *hostUsers) add(key string) {
+	switch {
+	case u.one == "" && len(u.more) == 0:
+		u.one = key
+	case u.one != key:
+		if u.more == nil {
+			u.more = map[string]bool{}
+		}
+		u.more[key] = true
+	}
+}
+
+// remove removes key and reports whether no group is left.
+func (u *hostUsers) remove(key string) bool {
+	if u.one == key {
+		u.one = ""
+		for k := range u.more {
+			u.one = k
+			delete(u.more, k)
+			break
+		}
+	} else {
+		delete(u.more, key)
+	}
+	if len(u.more) == 0 {
+		u.more = nil
+	}
+	return u.one == ""
+}
+
+// all calls f with every key.
+func (u hostUsers) all(f func(key string)) {
+	if u.one != "" {
+		f(u.one)
+	}
+	for k := range u.more {
+		f(k)
+	}
 }
 
 type indexGroup struct {
@@ -64,7 +111,7 @@ func NewIndex(cfg Config) *Index {
 		groups: map[string]*indexGroup{}, units: map[unitKey]*indexUnit{},
 		alloc4: map[string]netip.Addr{}, alloc6: map[string]netip.Addr{},
 		owner: map[netip.Addr]string{}, dirty: map[unitKey]bool{},
-		ips: map[netip.Addr]bool{}, hosts: map[netip.Addr]map[string]bool{},
+		ips: map[netip.Addr]bool{}, hosts: map[netip.Addr]hostUsers{},
 		allocSnap: Allocations{V4: map[string]netip.Addr{}, V6: map[string]netip.Addr{}},
 	}
 }
@@ -143,21 +190,19 @@ func (x *Index) useHosts(key string, old, cur []netip.Addr) {
 		case j == len(cur) || i < len(old) && old[i].Less(cur[j]):
 			a = old[i]
 			i++
-			if keys := x.hosts[a]; keys != nil {
-				delete(keys, key)
-				if len(keys) == 0 {
+			if u, ok := x.hosts[a]; ok {
+				if u.remove(key) {
 					delete(x.hosts, a)
+				} else {
+					x.hosts[a] = u
 				}
 			}
 		case i == len(old) || cur[j].Less(old[i]):
 			a = cur[j]
 			j++
-			keys := x.hosts[a]
-			if keys == nil {
-				keys = map[string]bool{}
-				x.hosts[a] = keys
-			}
-			keys[key] = true
+			u := x.hosts[a]
+			u.add(key)
+			x.hosts[a] = u
 		default:
 			a = old[i]
 			i++
@@ -172,26 +217,32 @@ func (x *Index) useHosts(key string, old, cur []netip.Addr) {
 // taken says which task host or backend uses a, for the guard: the least
 // use over the groups that use it (see hostUse), as Build chooses it.
 func (x *Index) taken(a netip.Addr) (string, bool) {
-	keys := x.hosts[a]
-	if len(keys) == 0 {
+	users, ok := x.hosts[a]
+	if !ok {
 		return "", false
 	}
 	var best hostUse
-	for key := range keys {
+	users.all(func(key string) {
 		g := x.groups[key]
 		for _, h := range g.hosts {
-			if u := h.use(); h.Addr == a && (best.what == "" || u.compare(best) < 0) {
+			if h.Addr != a {
+				continue
+			}
+			if u := h.use(); best.what == "" || u.compare(best) < 0 {
 				best = u
 			}
 		}
 		for _, d := range g.decls {
 			for _, b := range d.Backends {
-				if u := backendUse(b); b.Addr == a && (best.what == "" || u.compare(best) < 0) {
+				if b.Addr != a {
+					continue
+				}
+				if u := backendUse(b); best.what == "" || u.compare(best) < 0 {
 					best = u
 				}
 			}
 		}
-	}
+	})
 	return best.what, best.what != ""
 }
 

@@ -218,10 +218,10 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 }
 
 // AppHosts returns the addresses of an app's task hosts, whatever the
-// tasks' states, one per address (the first task at it): an IP VIP must not
-// take a host's address (Build, Index). Host names are looked up (the
-// resolver caches them) only when resolve is set, for apps that declare
-// VIPs, so that other apps cost no lookups.
+// tasks' states, one per address (the first task at it), sorted by
+// address: an IP VIP must not take a host's address (Build, Index). Host
+// names are looked up (the resolver caches them) only when resolve is set,
+// for apps that declare VIPs, so that other apps cost no lookups.
 func AppHosts(app App, r Resolver, resolve bool) []Host {
 	var out []Host
 	for i := range app.Tasks {
@@ -239,9 +239,6 @@ func AppHosts(app App, r Resolver, resolve bool) []Host {
 			if a = a.Unmap(); !a.IsValid() || a.Zone() != "" {
 				continue
 			}
-			if slices.ContainsFunc(out, func(h Host) bool { return h.Addr == a }) {
-				continue
-			}
 			id := t.ID
 			if id == "" {
 				id = fmt.Sprintf("#%d", i)
@@ -249,7 +246,9 @@ func AppHosts(app App, r Resolver, resolve bool) []Host {
 			out = append(out, Host{Addr: a, Name: t.Host, Task: id, App: app.ID})
 		}
 	}
-	return out
+	// One per address, the first task's, sorted by address.
+	slices.SortStableFunc(out, func(a, b Host) int { return a.Addr.Compare(b.Addr) })
+	return slices.CompactFunc(out, func(a, b Host) bool { return a.Addr == b.Addr })
 }
 
 // portBackends finds the backends of port i for every live task:
