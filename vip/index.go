@@ -40,9 +40,30 @@ type indexGroup struct {
 }
 
 type indexUnit struct {
-	groups   map[string]int // keys of the groups that declare it, with their count of declarations
-	vips     []VIP          // sorted by key
+	groups   []unitRef // the groups that declare it (most units have one)
+	vips     []VIP     // sorted by key
 	problems []Problem
+}
+
+// unitRef is a group that declares a unit, with its count of declarations.
+type unitRef struct {
+	key string
+	n   int
+}
+
+// ref adds d (+1 or -1) to the count of group key.
+func (u *indexUnit) ref(key string, d int) {
+	for i := range u.groups {
+		if u.groups[i].key == key {
+			if u.groups[i].n += d; u.groups[i].n <= 0 {
+				u.groups = slices.Delete(u.groups, i, i+1)
+			}
+			return
+		}
+	}
+	if d > 0 {
+		u.groups = append(u.groups, unitRef{key, d})
+	}
 }
 
 // NewIndex returns an empty index. cfg.Previous holds addresses to give
@@ -79,10 +100,10 @@ func (x *Index) Set(key string, decls []Decl, problems []Problem) {
 		u := d.unit()
 		iu := x.units[u]
 		if iu == nil {
-			iu = &indexUnit{groups: map[string]int{}}
+			iu = &indexUnit{}
 			x.units[u] = iu
 		}
-		iu.groups[key]++
+		iu.ref(key, 1)
 		x.dirty[u] = true
 	}
 }
@@ -109,9 +130,7 @@ func (x *Index) unlink(key string, g *indexGroup) {
 	for _, d := range g.decls {
 		u := d.unit()
 		if iu := x.units[u]; iu != nil {
-			if iu.groups[key]--; iu.groups[key] <= 0 {
-				delete(iu.groups, key)
-			}
+			iu.ref(key, -1)
 		}
 		x.dirty[u] = true
 	}
@@ -196,8 +215,8 @@ func (x *Index) recompute(u unitKey) (before, after []VIP) {
 		return nil, nil
 	}
 	groups := map[groupID]*group{}
-	for key := range iu.groups {
-		for _, d := range x.groups[key].decls {
+	for _, ref := range iu.groups {
+		for _, d := range x.groups[ref.key].decls {
 			if d.unit() != u {
 				continue
 			}
@@ -288,11 +307,7 @@ func (x *Index) buildName(name string, keys []groupID, groups map[groupID]*group
 		for _, k := range keys {
 			g := groups[k]
 			v := newVIP(g, a)
-			for _, b := range g.backends {
-				if b.Addr.Is4() == f.is4 {
-					v.Backends = append(v.Backends, b)
-				}
-			}
+			v.Backends = familyBackends(g.backends, f.is4)
 			vips = append(vips, v)
 		}
 	}
@@ -361,6 +376,30 @@ func (x *Index) buildIP(ip netip.Addr, keys []groupID, groups map[groupID]*group
 		vips = append(vips, v)
 	}
 	return vips, problems
+}
+
+// familyBackends returns the backends of one family: the list itself when
+// they all are (the common case: no copy), else a copy of those that are.
+func familyBackends(list []Backend, is4 bool) []Backend {
+	n := 0
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case len(list):
+		return slices.Clip(list)
+	}
+	out := make([]Backend, 0, n)
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // VIPEqual reports whether two VIPs are the same in every field.
