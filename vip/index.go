@@ -444,6 +444,10 @@ func diffVIPs(old, cur []VIP) (before, after []VIP) {
 // other VIPs of after are inserted. Only insertions and removals move
 // memory; no change allocates unless the list grows past its capacity.
 func patchVIPs(vips, before, after []VIP) []VIP {
+	if len(before)+len(after) > 64 && len(before)+len(after) > len(vips)/64 {
+		// Many changes (a relist): one merge, not a move per insertion.
+		return mergeVIPs(vips, before, after)
+	}
 	next := make(map[Key]int, len(after))
 	for i, v := range after {
 		next[v.Key()] = i
@@ -473,6 +477,27 @@ func patchVIPs(vips, before, after []VIP) []VIP {
 		vips = slices.Insert(vips, i, v)
 	}
 	return vips
+}
+
+// mergeVIPs returns a new sorted list: vips without before, with after.
+func mergeVIPs(vips, before, after []VIP) []VIP {
+	gone := make(map[Key]bool, len(before))
+	for _, v := range before {
+		gone[v.Key()] = true
+	}
+	out := make([]VIP, 0, len(vips)-len(before)+len(after))
+	k := 0
+	for _, v := range vips {
+		for k < len(after) && after[k].Key().Compare(v.Key()) < 0 {
+			out = append(out, after[k])
+			k++
+		}
+		if gone[v.Key()] {
+			continue
+		}
+		out = append(out, v)
+	}
+	return append(out, after[k:]...)
 }
 
 // searchVIP returns the index of the first VIP whose key is not below k.
