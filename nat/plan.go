@@ -356,6 +356,11 @@ func assignSlots(cur []netip.AddrPort, want []netip.AddrPort) []netip.AddrPort {
 	if len(cur) == n && slices.Equal(cur, want) {
 		return cur
 	}
+	if len(cur) == 0 {
+		// Nothing to keep in place: the wanted order is the slot order.
+		// The list is shared, never changed (rulesets replace it).
+		return slices.Clip(want)
+	}
 	wanted := make(map[netip.AddrPort]bool, n)
 	for _, a := range want {
 		wanted[a] = true

@@ -97,9 +97,30 @@ type indexGroup struct {
 }
 
 type indexUnit struct {
-	groups   map[string]int // keys of the groups that declare it, with their count of declarations
-	vips     []VIP          // sorted by key
+	groups   []unitRef // the groups that declare it (most units have one)
+	vips     []VIP     // sorted by key
 	problems []Problem
+}
+
+// unitRef is a group that declares a unit, with its count of declarations.
+type unitRef struct {
+	key string
+	n   int
+}
+
+// ref adds d (+1 or -1) to the count of group key.
+func (u *indexUnit) ref(key string, d int) {
+	for i := range u.groups {
+		if u.groups[i].key == key {
+			if u.groups[i].n += d; u.groups[i].n <= 0 {
+				u.groups = slices.Delete(u.groups, i, i+1)
+			}
+			return
+		}
+	}
+	if d > 0 {
+		u.groups = append(u.groups, unitRef{key, d})
+	}
 }
 
 // NewIndex returns an empty index. cfg.Previous holds addresses to give
@@ -142,13 +163,13 @@ func (x *Index) Set(key string, decls []Decl, problems []Problem, hosts ...Host)
 		u := d.unit()
 		iu := x.units[u]
 		if iu == nil {
-			iu = &indexUnit{groups: map[string]int{}}
+			iu = &indexUnit{}
 			x.units[u] = iu
 			if u.name == "" {
 				x.ips[u.ip] = true
 			}
 		}
-		iu.groups[key]++
+		iu.ref(key, 1)
 		x.dirty[u] = true
 	}
 }
@@ -274,9 +295,7 @@ func (x *Index) unlink(key string, g *indexGroup) {
 	for _, d := range g.decls {
 		u := d.unit()
 		if iu := x.units[u]; iu != nil {
-			if iu.groups[key]--; iu.groups[key] <= 0 {
-				delete(iu.groups, key)
-			}
+			iu.ref(key, -1)
 		}
 		x.dirty[u] = true
 	}
@@ -361,8 +380,8 @@ func (x *Index) recompute(u unitKey) (before, after []VIP) {
 		return nil, nil
 	}
 	groups := map[groupID]*group{}
-	for key := range iu.groups {
-		for _, d := range x.groups[key].decls {
+	for _, ref := range iu.groups {
+		for _, d := range x.groups[ref.key].decls {
 			if d.unit() != u {
 				continue
 			}
@@ -456,11 +475,7 @@ func (x *Index) buildName(name string, keys []groupID, groups map[groupID]*group
 		for _, k := range keys {
 			g := groups[k]
 			v := newVIP(g, a)
-			for _, b := range g.backends {
-				if b.Addr.Is4() == f.is4 {
-					v.Backends = append(v.Backends, b)
-				}
-			}
+			v.Backends = familyBackends(g.backends, f.is4)
 			vips = append(vips, v)
 		}
 	}
@@ -540,6 +555,30 @@ func (x *Index) buildIP(ip netip.Addr, keys []groupID, groups map[groupID]*group
 	return vips, problems
 }
 
+// familyBackends returns the backends of one family: the list itself when
+// they all are (the common case: no copy), else a copy of those that are.
+func familyBackends(list []Backend, is4 bool) []Backend {
+	n := 0
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case len(list):
+		return slices.Clip(list)
+	}
+	out := make([]Backend, 0, n)
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // VIPEqual reports whether two VIPs are the same in every field.
 func VIPEqual(a, b VIP) bool {
 	return a.Name == b.Name && a.Addr == b.Addr && a.Port == b.Port && a.Proto == b.Proto &&
@@ -582,6 +621,10 @@ func diffVIPs(old, cur []VIP) (before, after []VIP) {
 // other VIPs of after are inserted. Only insertions and removals move
 // memory; no change allocates unless the list grows past its capacity.
 func patchVIPs(vips, before, after []VIP) []VIP {
+	if len(before)+len(after) > 64 && len(before)+len(after) > len(vips)/64 {
+		// Many changes (a relist): one merge, not a move per insertion.
+		return mergeVIPs(vips, before, after)
+	}
 	next := make(map[Key]int, len(after))
 	for i, v := range after {
 		next[v.Key()] = i
@@ -611,6 +654,27 @@ func patchVIPs(vips, before, after []VIP) []VIP {
 		vips = slices.Insert(vips, i, v)
 	}
 	return vips
+}
+
+// mergeVIPs returns a new sorted list: vips without before, with after.
+func mergeVIPs(vips, before, after []VIP) []VIP {
+	gone := make(map[Key]bool, len(before))
+	for _, v := range before {
+		gone[v.Key()] = true
+	}
+	out := make([]VIP, 0, len(vips)-len(before)+len(after))
+	k := 0
+	for _, v := range vips {
+		for k < len(after) && after[k].Key().Compare(v.Key()) < 0 {
+			out = append(out, after[k])
+			k++
+		}
+		if gone[v.Key()] {
+			continue
+		}
+		out = append(out, v)
+	}
+	return append(out, after[k:]...)
 }
 
 // searchVIP returns the index of the first VIP whose key is not below k.

@@ -295,3 +295,49 @@ func TestIndexGuardWork(t *testing.T) {
 		t.Fatalf("problems %v", ps)
 	}
 }
+
+// TestPatchVIPsPaths: the in-place patch and the merge give the same list.
+func TestPatchVIPsPaths(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	mk := func(i int) VIP {
+		return VIP{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), Port: 80, Proto: TCP}
+	}
+	for round := 0; round < 200; round++ {
+		var vips, before, after []VIP
+		present := map[int]bool{}
+		for i := 0; i < 300; i++ {
+			if r.IntN(2) == 0 {
+				vips = append(vips, mk(i))
+				present[i] = true
+			}
+		}
+		for i := 0; i < 300; i++ {
+			switch {
+			case present[i] && r.IntN(5) == 0: // removed
+				before = append(before, mk(i))
+			case present[i] && r.IntN(5) == 0: // changed
+				before = append(before, mk(i))
+				v := mk(i)
+				v.Name = "changed"
+				after = append(after, v)
+			case !present[i] && r.IntN(5) == 0: // added
+				after = append(after, mk(i))
+			}
+		}
+		merged := mergeVIPs(slices.Clone(vips), before, after)
+		small := slices.Clone(vips)
+		for _, v := range before {
+			small = patchVIPs(small, []VIP{v}, nil)
+		}
+		small = patchVIPs(small, nil, nil)
+		for _, v := range after {
+			small = patchVIPs(small, nil, []VIP{v})
+		}
+		if !reflect.DeepEqual(nonNil(merged), nonNil(small)) {
+			t.Fatalf("round %d: merge and in-place patch differ", round)
+		}
+		if !slices.IsSortedFunc(merged, func(a, b VIP) int { return a.Key().Compare(b.Key()) }) {
+			t.Fatalf("round %d: not sorted", round)
+		}
+	}
+}

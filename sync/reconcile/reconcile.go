@@ -460,9 +460,13 @@ func (r *Reconciler) dnsPatch(ch vip.Change) (pre, post *dns.Zone) {
 	now := make(map[string][]netip.Addr, len(names))
 	for name := range names {
 		as := r.index.NameAddrs(name)
-		now[name] = as
 		v4, v6, _ := r.published.Lookup(name)
-		for _, a := range append(v4, v6...) {
+		old := append(v4, v6...)
+		if slices.Equal(old, as) {
+			continue // a change of backends: the name keeps its addresses
+		}
+		now[name] = as
+		for _, a := range old {
 			if slices.Contains(as, a) {
 				keep[name] = append(keep[name], a)
 			}
@@ -470,6 +474,9 @@ func (r *Reconciler) dnsPatch(ch vip.Change) (pre, post *dns.Zone) {
 		if _, ok := keep[name]; !ok {
 			keep[name] = nil
 		}
+	}
+	if len(now) == 0 {
+		return nil, nil
 	}
 	pre = r.published.Patch(keep)
 	return pre, pre.Patch(now)
