@@ -32,8 +32,12 @@ type Index struct {
 	alloc6 map[string]netip.Addr
 	owner  map[netip.Addr]string // named allocations: address -> name
 	dirty  map[unitKey]bool
-	ips    map[netip.Addr]bool      // addresses of the IP VIP units
-	hosts  map[netip.Addr]hostUsers // task host and backend addresses -> the groups using them
+	ips    map[netip.Addr]bool // addresses of the IP VIP units
+	// hosts counts the groups that use each task host and backend
+	// address; users names them, for the addresses of IP VIP units only
+	// (what a refusal needs), so that a host with many tasks costs a count.
+	hosts map[netip.Addr]int32
+	users map[netip.Addr]map[string]bool
 
 	vips         []VIP // sorted by key; changed in place by Commit
 	version      uint64
@@ -41,53 +45,6 @@ type Index struct {
 	allocSnap    Allocations
 	problems     []Problem // sorted; nil when it must be rebuilt
 	nProblems    int       // groups and units with problems
-}
-
-// hostUsers are the keys of the groups that use an address: most addresses
-// (a task host, a container's address) have one, kept without a map.
-type hostUsers struct {
-	one  string
-	more map[string]bool // the others; nil while there are none
-}
-
-func (u *hostUsers) add(key string) {
-	switch {
-	case u.one == "" && len(u.more) == 0:
-		u.one = key
-	case u.one != key:
-		if u.more == nil {
-			u.more = map[string]bool{}
-		}
-		u.more[key] = true
-	}
-}
-
-// remove removes key and reports whether no group is left.
-func (u *hostUsers) remove(key string) bool {
-	if u.one == key {
-		u.one = ""
-		for k := range u.more {
-			u.one = k
-			delete(u.more, k)
-			break
-		}
-	} else {
-		delete(u.more, key)
-	}
-	if len(u.more) == 0 {
-		u.more = nil
-	}
-	return u.one == ""
-}
-
-// all calls f with every key.
-func (u hostUsers) all(f func(key string)) {
-	if u.one != "" {
-		f(u.one)
-	}
-	for k := range u.more {
-		f(k)
-	}
 }
 
 type indexGroup struct {
@@ -132,7 +89,7 @@ func NewIndex(cfg Config) *Index {
 		groups: map[string]*indexGroup{}, units: map[unitKey]*indexUnit{},
 		alloc4: map[string]netip.Addr{}, alloc6: map[string]netip.Addr{},
 		owner: map[netip.Addr]string{}, dirty: map[unitKey]bool{},
-		ips: map[netip.Addr]bool{}, hosts: map[netip.Addr]hostUsers{},
+		ips: map[netip.Addr]bool{}, hosts: map[netip.Addr]int32{}, users: map[netip.Addr]map[string]bool{},
 		allocSnap: Allocations{V4: map[string]netip.Addr{}, V6: map[string]netip.Addr{}},
 	}
 }
@@ -166,7 +123,7 @@ func (x *Index) Set(key string, decls []Decl, problems []Problem, hosts ...Host)
 			iu = &indexUnit{}
 			x.units[u] = iu
 			if u.name == "" {
-				x.ips[u.ip] = true
+				x.newIP(u.ip)
 			}
 		}
 		iu.ref(key, 1)
@@ -211,19 +168,29 @@ func (x *Index) useHosts(key string, old, cur []netip.Addr) {
 		case j == len(cur) || i < len(old) && old[i].Less(cur[j]):
 			a = old[i]
 			i++
-			if u, ok := x.hosts[a]; ok {
-				if u.remove(key) {
-					delete(x.hosts, a)
-				} else {
-					x.hosts[a] = u
+			if n := x.hosts[a] - 1; n > 0 {
+				x.hosts[a] = n
+			} else {
+				delete(x.hosts, a)
+			}
+			if users := x.users[a]; users != nil {
+				delete(users, key)
+				if len(users) == 0 {
+					delete(x.users, a)
 				}
 			}
 		case i == len(old) || cur[j].Less(old[i]):
 			a = cur[j]
 			j++
-			u := x.hosts[a]
-			u.add(key)
-			x.hosts[a] = u
+			x.hosts[a]++
+			if x.ips[a] {
+				users := x.users[a]
+				if users == nil {
+					users = map[string]bool{}
+					x.users[a] = users
+				}
+				users[key] = true
+			}
 		default:
 			a = old[i]
 			i++
@@ -238,12 +205,8 @@ func (x *Index) useHosts(key string, old, cur []netip.Addr) {
 // taken says which task host or backend uses a, for the guard: the least
 // use over the groups that use it (see hostUse), as Build chooses it.
 func (x *Index) taken(a netip.Addr) (string, bool) {
-	users, ok := x.hosts[a]
-	if !ok {
-		return "", false
-	}
 	var best hostUse
-	users.all(func(key string) {
+	for key := range x.users[a] {
 		g := x.groups[key]
 		for _, h := range g.hosts {
 			if h.Addr != a {
@@ -263,8 +226,28 @@ func (x *Index) taken(a netip.Addr) (string, bool) {
 				}
 			}
 		}
-	})
+	}
 	return best.what, best.what != ""
+}
+
+// newIP starts naming the users of the address of a new IP VIP unit. Only
+// when a task host or backend already uses the address (an IP VIP declared
+// at a host: a mistake or a hijack, refused) does this look at every group.
+func (x *Index) newIP(a netip.Addr) {
+	x.ips[a] = true
+	if x.hosts[a] == 0 {
+		return
+	}
+	users := map[string]bool{}
+	for key, g := range x.groups {
+		if slices.ContainsFunc(g.hosts, func(h Host) bool { return h.Addr == a }) ||
+			slices.ContainsFunc(g.decls, func(d Decl) bool {
+				return slices.ContainsFunc(d.Backends, func(b Backend) bool { return b.Addr == a })
+			}) {
+			users[key] = true
+		}
+	}
+	x.users[a] = users
 }
 
 // SetLocal gives the index the agent's networks, re-read every sync. When
@@ -421,6 +404,7 @@ func (x *Index) recompute(u unitKey) (before, after []VIP) {
 		delete(x.units, u)
 		if u.name == "" {
 			delete(x.ips, u.ip)
+			delete(x.users, u.ip)
 		}
 	}
 	return before, after

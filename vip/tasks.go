@@ -239,7 +239,10 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 // names are looked up (the resolver caches them) only when resolve is set,
 // for apps that declare VIPs, so that other apps cost no lookups.
 func AppHosts(app App, r Resolver, resolve bool) []Host {
-	var out []Host
+	if len(app.Tasks) == 0 {
+		return nil
+	}
+	out := make([]Host, 0, len(app.Tasks)) // exact for the common case: a host per task
 	for i := range app.Tasks {
 		t := &app.Tasks[i]
 		if t.Host == "" {
@@ -264,7 +267,14 @@ func AppHosts(app App, r Resolver, resolve bool) []Host {
 	}
 	// One per address, the first task's, sorted by address.
 	slices.SortStableFunc(out, func(a, b Host) int { return a.Addr.Compare(b.Addr) })
-	return slices.CompactFunc(out, func(a, b Host) bool { return a.Addr == b.Addr })
+	out = slices.CompactFunc(out, func(a, b Host) bool { return a.Addr == b.Addr })
+	switch {
+	case len(out) == 0:
+		return nil
+	case cap(out) > 2*len(out):
+		return slices.Clone(out) // many tasks on few hosts: keep only what is used
+	}
+	return out
 }
 
 // portBackends finds the backends of port i for every live task:
