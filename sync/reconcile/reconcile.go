@@ -595,6 +595,8 @@ func (r *Reconciler) syncForward(ctx context.Context, rs *nat.Ruleset) {
 // with exponential backoff (again full, since what the kernel holds is in
 // doubt). It returns when ctx is done; the rules stay in place.
 func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
+	// Triggered syncs are partial: the full resync must stay periodic.
+	opts.ResyncEvery = true
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	run := runner.New(func(ctx context.Context, why runner.Reason) error {
