@@ -16,12 +16,13 @@ import (
 // allocations as Previous. An Index is not safe for concurrent use; the
 // States it returns are immutable and may be shared.
 //
-// The IP VIP guard (Guard) is applied to every IP VIP unit it recomputes.
-// The index keeps which groups use each task host and backend address (a
-// reference count per group), so that a change costs the addresses it
-// touches; an IP VIP at an address whose uses changed is recomputed, and
-// all IP VIPs (never named ones) when the agent's networks change
-// (SetLocal).
+// The IP VIP guard (Guard) is applied to every IP VIP unit it recomputes,
+// with the task hosts given to Set (Build takes the same hosts). The index
+// counts the groups that use each task host and backend address (and
+// names them where an IP VIP is declared), so that a change costs the
+// addresses it touches; an IP VIP at an address whose uses changed is
+// recomputed, and all IP VIPs (never named ones) when the agent's networks
+// change (SetLocal).
 type Index struct {
 	cfg    Config
 	pool4  pool
