@@ -25,12 +25,30 @@ type Config struct {
 	Previous  Allocations  // earlier named VIP addresses, kept while their VIP lives
 }
 
-// decl is one VIP label of one port of one app, for one protocol.
-type decl struct {
-	spec  Spec
-	proto Proto
-	app   string
-	label string
+// Decl is one VIP declaration: one VIP label of one port of an app (or of
+// a Mesos task, or a VIP read from etcd), for one protocol, with the
+// backends its declarer gives that VIP. Declarations of the same VIP (name
+// or IP, port, protocol) from any number of declarers are merged.
+type Decl struct {
+	Spec  Spec  // a name or an IP, and a port
+	Proto Proto // TCP or UDP
+	// App is who declares it: a Marathon app id, or what stands for it
+	// (a Mesos framework name); it goes into /v1/vips and the comment.
+	App string
+	// Label is the label key, to name it in problems.
+	Label string
+	// Backends are the declarer's backends of this VIP, any order.
+	Backends []Backend
+}
+
+// unit returns the unit of recomputation the declaration belongs to: its
+// name, or its IP for an IP VIP. Every port of a name shares its addresses.
+func (d Decl) unit() unitKey { return unitKey{name: d.Spec.Name, ip: d.Spec.IP} }
+
+// unitKey is a VIP name, or an IP VIP's address.
+type unitKey struct {
+	name string
+	ip   netip.Addr
 }
 
 // groupID identifies a VIP before it has an address: a name (or IP), a
@@ -55,11 +73,15 @@ type group struct {
 	labels   []string  // app/label pairs, for problems
 }
 
-// Desired computes the desired state from Marathon apps: the VIPs their port
-// labels declare, each with the backends of the apps' tasks and an address.
-// What is malformed is returned as problems and skipped; everything else is
-// kept. Desired is a pure function of its input (and of the resolver).
-func Desired(apps []App, cfg Config) (State, []Problem) {
+// add merges a declaration into the group.
+func (g *group) add(d Decl) {
+	g.apps[d.App] = true
+	g.labels = append(g.labels, d.App+" "+d.Label)
+	g.backends = append(g.backends, d.Backends...)
+}
+
+// withDefaults fills the zero fields of a Config.
+func (cfg Config) withDefaults() Config {
 	if cfg.Domain == "" {
 		cfg.Domain = DefaultDomain
 	}
@@ -72,8 +94,45 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 	if !cfg.Pool6.IsValid() {
 		cfg.Pool6 = DefaultPool6
 	}
+	return cfg
+}
+
+// DeclareApp returns the VIP declarations of one Marathon app, with the
+// backends of its tasks, and what in it was skipped. known is the health
+// memory the previous read of this app returned (nil for none); the
+// memory for the next read is returned. DeclareApp is pure: its output
+// depends on its input (and the resolver) alone, so an app can be
+// recomputed alone when it changes.
+func DeclareApp(app App, cfg Config, known Health) ([]Decl, []Problem, Health) {
+	cfg = cfg.withDefaults()
+	ports, mode := appPorts(app)
+	tasks, problems, health := parseTasks(app, known)
+	var out []Decl
+	for i, port := range ports {
+		decls, declProblems := portDecls(app.ID, port, cfg)
+		problems = append(problems, declProblems...)
+		if len(decls) == 0 {
+			continue
+		}
+		backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
+		problems = append(problems, beProblems...)
+		for _, d := range decls {
+			d.Backends = backends
+			out = append(out, d)
+		}
+	}
+	return out, sortProblems(problems), health
+}
+
+// Desired computes the desired state from Marathon apps: the VIPs their port
+// labels declare, each with the backends of the apps' tasks and an address.
+// What is malformed is returned as problems and skipped; everything else is
+// kept. Desired is a pure function of its input (and of the resolver). It
+// knows no health history: tasks without health results are starting.
+func Desired(apps []App, cfg Config) (State, []Problem) {
+	cfg = cfg.withDefaults()
 	var problems []Problem
-	groups := map[groupID]*group{}
+	var decls []Decl
 	seen := map[string]bool{}
 
 	sorted := slices.Clone(apps)
@@ -84,33 +143,29 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 			continue
 		}
 		seen[app.ID] = true
-		ports, mode := appPorts(app)
-		tasks, taskProblems := parseTasks(app)
-		problems = append(problems, taskProblems...)
-		for i, port := range ports {
-			decls, declProblems := portDecls(app.ID, port, cfg)
-			problems = append(problems, declProblems...)
-			if len(decls) == 0 {
-				continue
-			}
-			backends, beProblems := portBackends(app, mode, ports, i, tasks, cfg.Resolver)
-			problems = append(problems, beProblems...)
-			for _, d := range decls {
-				k := groupID{name: d.spec.Name, ip: d.spec.IP, port: d.spec.Port, proto: d.proto}
-				g := groups[k]
-				if g == nil {
-					g = &group{spec: d.spec, proto: d.proto, apps: map[string]bool{}}
-					groups[k] = g
-				}
-				g.apps[d.app] = true
-				g.labels = append(g.labels, d.app+" "+d.label)
-				g.backends = append(g.backends, backends...)
-			}
-		}
+		d, p, _ := DeclareApp(app, cfg, nil)
+		decls = append(decls, d...)
+		problems = append(problems, p...)
 	}
+	state, buildProblems := Build(decls, cfg)
+	return state, sortProblems(append(problems, buildProblems...))
+}
 
-	state, buildProblems := build(groups, cfg)
-	problems = append(problems, buildProblems...)
+// Build computes the desired state from declarations, in one pass: the
+// reference that an Index, which applies changes, must always equal.
+func Build(decls []Decl, cfg Config) (State, []Problem) {
+	cfg = cfg.withDefaults()
+	groups := map[groupID]*group{}
+	for _, d := range decls {
+		k := groupID{name: d.Spec.Name, ip: d.Spec.IP, port: d.Spec.Port, proto: d.Proto}
+		g := groups[k]
+		if g == nil {
+			g = &group{spec: d.Spec, proto: d.Proto, apps: map[string]bool{}}
+			groups[k] = g
+		}
+		g.add(d)
+	}
+	state, problems := build(groups, cfg)
 	return state, sortProblems(problems)
 }
 
@@ -135,7 +190,7 @@ func (g *group) dedupe() {
 }
 
 // portDecls reads the VIP labels of one port, sorted by label key.
-func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
+func portDecls(appID string, port appPort, cfg Config) ([]Decl, []Problem) {
 	var keys []string
 	for k := range port.Labels {
 		if IsLabelKey(k) {
@@ -146,7 +201,7 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 		return nil, nil
 	}
 	slices.Sort(keys)
-	var out []decl
+	var out []Decl
 	var problems []Problem
 	protos, err := Protocols(port.Protocol)
 	if err != nil {
@@ -162,7 +217,7 @@ func portDecls(appID string, port appPort, cfg Config) ([]decl, []Problem) {
 			continue
 		}
 		for _, p := range protos {
-			out = append(out, decl{spec: spec, proto: p, app: appID, label: k})
+			out = append(out, Decl{Spec: spec, Proto: p, App: appID, Label: k})
 		}
 	}
 	return out, problems

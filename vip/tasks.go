@@ -93,6 +93,7 @@ const (
 	statusActive
 	statusDraining
 	statusUnhealthy
+	statusStarting
 )
 
 // terminal task states: the task is gone and its connections are flushed.
@@ -101,40 +102,59 @@ var terminalStates = map[string]bool{
 	"TASK_LOST": true, "TASK_DROPPED": true, "TASK_GONE": true, "TASK_GONE_BY_OPERATOR": true,
 }
 
-// status applies the health rules. A TASK_RUNNING task is active when the app
-// has no health checks, or when there is a result for every check and every
-// result is alive; before its first results it is not active. TASK_KILLING
-// drains whatever the health. TASK_UNREACHABLE and TASK_UNKNOWN are
-// unhealthy. Tasks not yet running and tasks in a terminal state are not
-// backends.
-func status(t Task, healthChecks int) (taskStatus, error) {
+// status applies the health rules (DESIGN section 1). A TASK_RUNNING task
+// is active when the app has no health checks, or when there is a result
+// for every check and every result is alive; a result that is not alive
+// makes it unhealthy. While results are missing, a task l4lb has seen with
+// results keeps its last known state (known, after a Marathon leader
+// failover results are empty for a while), and a new task is starting.
+// TASK_KILLING drains whatever the health. TASK_UNREACHABLE and
+// TASK_UNKNOWN are unhealthy. Tasks not yet running and tasks in a terminal
+// state are not backends. fromResults says whether the state came from
+// health results, to be remembered.
+func status(t Task, healthChecks int, known BackendState, isKnown bool) (st taskStatus, fromResults bool, err error) {
 	switch t.State {
 	case "TASK_RUNNING":
 		if healthChecks == 0 {
-			return statusActive, nil
-		}
-		if len(t.HealthCheckResults) < healthChecks {
-			return statusUnhealthy, nil
+			return statusActive, false, nil
 		}
 		for _, r := range t.HealthCheckResults {
 			if !r.Alive {
-				return statusUnhealthy, nil
+				return statusUnhealthy, true, nil
 			}
 		}
-		return statusActive, nil
+		if len(t.HealthCheckResults) >= healthChecks {
+			return statusActive, true, nil
+		}
+		if isKnown {
+			return statusOf(known), false, nil
+		}
+		return statusStarting, false, nil
 	case "TASK_KILLING":
-		return statusDraining, nil
+		return statusDraining, false, nil
 	case "TASK_UNREACHABLE", "TASK_UNKNOWN":
-		return statusUnhealthy, nil
+		return statusUnhealthy, false, nil
 	case "TASK_STAGING", "TASK_STARTING":
-		return statusSkip, nil
+		return statusSkip, false, nil
 	case "":
-		return statusSkip, fmt.Errorf("task has no state")
+		return statusSkip, false, fmt.Errorf("task has no state")
 	}
 	if terminalStates[t.State] {
-		return statusSkip, nil
+		return statusSkip, false, nil
 	}
-	return statusSkip, fmt.Errorf("unknown task state %q", t.State)
+	return statusSkip, false, fmt.Errorf("unknown task state %q", t.State)
+}
+
+func statusOf(s BackendState) taskStatus {
+	switch s {
+	case Active:
+		return statusActive
+	case Draining:
+		return statusDraining
+	case Starting:
+		return statusStarting
+	}
+	return statusUnhealthy
 }
 
 func (s taskStatus) backendState() BackendState {
@@ -143,6 +163,8 @@ func (s taskStatus) backendState() BackendState {
 		return Draining
 	case statusUnhealthy:
 		return Unhealthy
+	case statusStarting:
+		return Starting
 	}
 	return Active
 }
@@ -154,28 +176,44 @@ type liveTask struct {
 	state BackendState
 }
 
+// Health is the last known state of tasks that were seen with health
+// results, by task id: what a task keeps while its results are missing.
+type Health map[string]BackendState
+
 // parseTasks drops tasks that are not backends, and reports the ones that
-// did not decode or make no sense.
-func parseTasks(app App) ([]liveTask, []Problem) {
+// did not decode or make no sense. known is the health memory of the app's
+// previous read; the memory to keep for the next read is returned.
+func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 	out := make([]liveTask, 0, len(app.Tasks))
 	var problems []Problem
+	var next Health
 	for i := range app.Tasks {
 		t := &app.Tasks[i]
 		id := t.ID
 		if id == "" {
 			id = fmt.Sprintf("#%d", i)
 		}
-		st, err := status(*t, len(app.HealthChecks))
+		k, isKnown := known[t.ID]
+		st, fromResults, err := status(*t, len(app.HealthChecks), k, isKnown && t.ID != "")
 		if err != nil {
 			problems = append(problems, Problem{App: app.ID, Task: id, Reason: err.Error()})
 			continue
+		}
+		if t.ID != "" && st != statusSkip && (fromResults || isKnown) {
+			if next == nil {
+				next = Health{}
+			}
+			next[t.ID] = st.backendState()
+			if !fromResults {
+				next[t.ID] = k
+			}
 		}
 		if st == statusSkip {
 			continue
 		}
 		out = append(out, liveTask{Task: t, id: id, state: st.backendState()})
 	}
-	return out, problems
+	return out, problems, next
 }
 
 // portBackends finds the backends of port i for every live task:

@@ -32,12 +32,18 @@ func (p Proto) String() string {
 type BackendState uint8
 
 // Backend states. Only active backends get new connections; draining ones
-// keep the connections they have; unhealthy ones lose them too.
+// keep the connections they have; unhealthy ones lose them too. A starting
+// backend (a new task whose health checks have no result yet) gets no
+// traffic and has nothing to flush.
 const (
 	Active BackendState = iota
 	Draining
 	Unhealthy
+	Starting
 )
+
+// BackendStates lists every state, for metrics.
+var BackendStates = []BackendState{Active, Starting, Draining, Unhealthy}
 
 func (s BackendState) String() string {
 	switch s {
@@ -47,6 +53,8 @@ func (s BackendState) String() string {
 		return "draining"
 	case Unhealthy:
 		return "unhealthy"
+	case Starting:
+		return "starting"
 	}
 	return "state" + strconv.Itoa(int(s))
 }

@@ -76,8 +76,8 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 }
 
 // parseSources turns --source specs into sources with the Marathon options.
-func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Source, error) {
-	var out []source.Source
+func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Watcher, error) {
+	var out []source.Watcher
 	for _, spec := range m.sources {
 		o := m.marathon
 		if onStream != nil {

@@ -26,7 +26,7 @@ import (
 
 // Config is what the reconciler needs.
 type Config struct {
-	Sources []source.Source
+	Sources []source.Watcher
 	NAT     nat.Interface
 	Forward forward.Interface // nil: iptables is left alone
 	// DNS answers for the names of the VIPs; nil: no DNS. A name is

@@ -56,7 +56,7 @@ func newTest(t *testing.T) (*Reconciler, *fakeSource, *nat.Fake, string) {
 	fk := nat.NewFake()
 	dir := t.TempDir()
 	r := New(Config{
-		Sources:  []source.Source{src},
+		Sources:  []source.Watcher{src},
 		NAT:      fk,
 		Model:    vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
 		StateDir: dir,
@@ -124,7 +124,7 @@ func TestAllocationsPersistAcrossRestarts(t *testing.T) {
 	if err := vip.SaveAllocations(dir, vip.Allocations{V4: map[string]netip.Addr{"web.marathon.l4lb.thisdcos.directory": moved}}); err != nil {
 		t.Fatal(err)
 	}
-	r2 := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), StateDir: dir,
+	r2 := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), StateDir: dir,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16")}})
 	if err := r2.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestForwardRulesFollowTheSync(t *testing.T) {
 	src.set(oneApp, nil)
 	fwd := forward.NewFake()
 	fwd.SetPolicy(false, "DROP")
-	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Forward: fwd,
+	r := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), Forward: fwd,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
 	if err := r.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
@@ -181,7 +181,7 @@ func TestConntrackFollowsTheSync(t *testing.T) {
 	src := &fakeSource{}
 	src.set(twoTasks("TASK_RUNNING"), nil)
 	ct := conntrack.NewFake()
-	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Conntrack: conntrack.NewCleaner(ct, true, nil),
+	r := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), Conntrack: conntrack.NewCleaner(ct, true, nil),
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
 	if err := r.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
@@ -297,7 +297,7 @@ func TestDNSPublishOrder(t *testing.T) {
 	}
 	src := &fakeSource{}
 	rec := &recordingDNS{}
-	r := New(Config{Sources: []source.Source{src}, NAT: &orderNAT{Fake: nat.NewFake(), dns: rec, t: t}, DNS: rec,
+	r := New(Config{Sources: []source.Watcher{src}, NAT: &orderNAT{Fake: nat.NewFake(), dns: rec, t: t}, DNS: rec,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
 	for _, apps := range []string{"[" + app("a") + "]", "[" + app("a") + "," + app("b") + "]", "[" + app("b") + "]", "[]"} {
 		src.set(apps, nil)

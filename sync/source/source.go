@@ -17,11 +17,12 @@ type Snapshot struct {
 	Problems []vip.Problem // apps that did not decode; the rest are in Apps
 }
 
-// Source produces Marathon apps. Load reads the current state; a failed or
+// Watcher is the snapshot interface the sync loop used before list and
+// watch: it goes when the pipeline moves to Source. Load reads the current state; a failed or
 // invalid read returns an error, never a partial or empty state. Watch calls
 // changed whenever the source may have changed, until ctx is done; changes
 // are triggers, the data always comes from Load.
-type Source interface {
+type Watcher interface {
 	String() string
 	Load(ctx context.Context) (Snapshot, error)
 	Watch(ctx context.Context, changed func()) error
@@ -29,12 +30,12 @@ type Source interface {
 
 // Parse turns a source spec into a source: "file:PATH" or "marathon:URL",
 // with default Marathon options.
-func Parse(spec string) (Source, error) {
+func Parse(spec string) (Watcher, error) {
 	return ParseWith(spec, MarathonOptions{})
 }
 
 // ParseWith is Parse with the options of every marathon:URL source.
-func ParseWith(spec string, marathon MarathonOptions) (Source, error) {
+func ParseWith(spec string, marathon MarathonOptions) (Watcher, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("source %q: want file:PATH or marathon:URL", spec)
@@ -54,7 +55,7 @@ func ParseWith(spec string, marathon MarathonOptions) (Source, error) {
 
 // LoadAll reads every source and merges their apps. It fails when any
 // source fails, so that a partial read never replaces a whole state.
-func LoadAll(ctx context.Context, sources []Source) (Snapshot, error) {
+func LoadAll(ctx context.Context, sources []Watcher) (Snapshot, error) {
 	var out Snapshot
 	for _, s := range sources {
 		snap, err := s.Load(ctx)
