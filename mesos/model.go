@@ -228,7 +228,8 @@ func (m *Model) Reset(gs *GetState, now time.Time) {
 		}
 	}
 	for k, t := range old {
-		if _, ok := m.tasks[k]; ok {
+		if nt, ok := m.tasks[k]; ok {
+			nt.remember(t)
 			continue
 		}
 		if a := m.agents[t.agent]; a != nil && !a.heldUntil.IsZero() && now.Before(a.heldUntil) {
@@ -328,7 +329,7 @@ func (m *Model) addTask(tk Task) []TaskKey {
 		return nil
 	}
 	t := newTask(tk)
-	_, had := m.tasks[k]
+	prev, had := m.tasks[k]
 	if t == nil || terminal[tk.State] {
 		if had {
 			m.removeTask(k)
@@ -337,6 +338,7 @@ func (m *Model) addTask(tk Task) []TaskKey {
 		return nil
 	}
 	if had {
+		t.remember(prev)
 		m.removeTask(k)
 	}
 	m.insert(k, t)
@@ -465,6 +467,15 @@ func newTask(tk Task) *task {
 		t.merge(st)
 	}
 	return t
+}
+
+// remember keeps what was known of a task's health when a new version of
+// it (a snapshot after a master failover) does not say: unknown health is
+// not unhealthy, and never resets connections.
+func (t *task) remember(prev *task) {
+	if t.healthy < 0 && prev.healthy >= 0 {
+		t.healthy = prev.healthy
+	}
 }
 
 // merge takes the fields that a status sets, unless an even later status

@@ -12,7 +12,7 @@ import (
 
 // stateStarting is the state of a running task with a health check and no
 // result yet: no traffic, nothing to flush.
-const stateStarting = vip.Unhealthy // TODO(issue 11): vip.Starting once merged
+const stateStarting = vip.Starting
 
 // FrameworkName returns a framework's name, or "" when it is not known.
 func (m *Model) FrameworkName(id string) string { return m.frameworks[id] }
@@ -21,7 +21,7 @@ func (m *Model) FrameworkName(id string) string { return m.frameworks[id] }
 // backends, appended to dst; nothing when the task is not known. Problems
 // name the framework (by name, or by id while the name is unknown) and the
 // task. cfg gives the domain and the resolver of agent host names.
-func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Declaration) ([]vip.Declaration, []Problem) {
+func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Decl) ([]vip.Decl, []Problem) {
 	t := m.tasks[k]
 	if t == nil {
 		return dst, nil
@@ -128,7 +128,7 @@ func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Declaration) (
 			if !ok {
 				continue
 			}
-			dst = append(dst, vip.Declaration{Spec: s, Proto: proto, App: fw, Framework: fw, Label: l.Key, Backends: backends})
+			dst = append(dst, vip.Decl{Spec: s, Proto: proto, App: fw, Label: l.Key, Backends: backends})
 		}
 	}
 	for _, l := range t.legacy {
@@ -159,14 +159,14 @@ func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Declaration) (
 				backends = []vip.Backend{{Addr: a, Port: uint16(t.hostPorts[n]), State: state, Task: k.Task, App: fwName}}
 			}
 		}
-		dst = append(dst, vip.Declaration{Spec: s, Proto: proto, App: fw, Framework: fw, Label: l.Key, Backends: backends})
+		dst = append(dst, vip.Decl{Spec: s, Proto: proto, App: fw, Label: l.Key, Backends: backends})
 	}
 	return dst, problems
 }
 
 // AllDeclarations returns the declarations of every task, in key order.
-func (m *Model) AllDeclarations(cfg vip.Config) ([]vip.Declaration, []Problem) {
-	var out []vip.Declaration
+func (m *Model) AllDeclarations(cfg vip.Config) ([]vip.Decl, []Problem) {
+	var out []vip.Decl
 	var problems []Problem
 	for _, k := range m.Keys() {
 		var p []Problem

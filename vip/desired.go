@@ -173,7 +173,7 @@ func Build(decls []Decl, cfg Config) (State, []Problem) {
 // repeats (a task's problem shows up once per VIP port it backs).
 func sortProblems(ps []Problem) []Problem {
 	slices.SortFunc(ps, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Label, b.Label),
+		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Framework, b.Framework), strings.Compare(a.Label, b.Label),
 			strings.Compare(a.Task, b.Task), strings.Compare(a.Reason, b.Reason))
 	})
 	return slices.Compact(ps)
