@@ -147,9 +147,9 @@ type State struct {
 type Problem struct {
 	App       string `json:"app,omitempty"`
 	Framework string `json:"framework,omitempty"` // a Mesos framework's name (its id while the name is unknown)
-	Label  string `json:"label,omitempty"`
-	Task   string `json:"task,omitempty"`
-	Reason string `json:"reason"`
+	Label     string `json:"label,omitempty"`
+	Task      string `json:"task,omitempty"`
+	Reason    string `json:"reason"`
 }
 
 func (p Problem) Error() string {
