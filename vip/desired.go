@@ -130,6 +130,13 @@ func DeclareApp(app App, cfg Config, known Health) ([]Decl, []Problem, Health) {
 // kept. Desired is a pure function of its input (and of the resolver). It
 // knows no health history: tasks without health results are starting.
 func Desired(apps []App, cfg Config) (State, []Problem) {
+	return DesiredWith(apps, nil, cfg)
+}
+
+// DesiredWith is Desired with the declarations of other sources (the tasks
+// of a Mesos state) merged in: a VIP that an app and a declaration both
+// declare is one VIP with the union of their backends.
+func DesiredWith(apps []App, extra []Decl, cfg Config) (State, []Problem) {
 	cfg = cfg.withDefaults()
 	var problems []Problem
 	var decls []Decl
@@ -147,7 +154,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		decls = append(decls, d...)
 		problems = append(problems, p...)
 	}
-	state, buildProblems := Build(decls, cfg)
+	state, buildProblems := Build(append(decls, extra...), cfg)
 	return state, sortProblems(append(problems, buildProblems...))
 }
 

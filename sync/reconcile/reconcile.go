@@ -256,7 +256,7 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full b
 func (r *Reconciler) desired(snap source.Snapshot) *goodState {
 	model := r.cfg.Model
 	model.Previous = r.alloc
-	state, problems := vip.Desired(snap.Apps, model)
+	state, problems := vip.DesiredWith(snap.Apps, snap.Decls, model)
 	problems = append(append([]vip.Problem{}, snap.Problems...), problems...)
 	if !state.Allocations.Equal(r.alloc) {
 		if r.cfg.StateDir != "" {

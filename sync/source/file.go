@@ -12,10 +12,14 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// File is a JSON file of Marathon apps: what GET /v2/apps?embed=apps.tasks
-// returns, a single app, or an array of apps.
+// File is a JSON file of Marathon apps (what GET /v2/apps?embed=apps.tasks
+// returns, a single app, or an array of apps) or a Mesos state (what the
+// operator API's GET_STATE returns, or its SUBSCRIBED event).
 type File struct {
 	Path string
+	// Model gives the domain and resolver that the tasks of a Mesos state
+	// are read with.
+	Model vip.Config
 	// Poll is how often Watch looks at the file; 200ms when zero.
 	Poll time.Duration
 }
@@ -31,6 +35,15 @@ func (f *File) Load(ctx context.Context) (Snapshot, error) {
 	data, err := os.ReadFile(f.Path)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("read apps: %w", err)
+	}
+	if isMesosState(data) {
+		snap, ok, err := mesosSnapshot(data, f.Model, time.Now())
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
+		}
+		if ok {
+			return snap, nil
+		}
 	}
 	apps, problems, err := vip.ParseApps(data)
 	if err != nil {
