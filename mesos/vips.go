@@ -105,22 +105,21 @@ func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Decl) ([]vip.D
 		}
 		switch {
 		case hostPort > 65535:
+			// The VIP stays declared, without this task's backend.
 			bad(p.vips[0].Key, "host port %d out of range 1..65535", hostPort)
-			continue
 		case hostPort > 0:
-			a, err := agentAt()
-			if err != nil {
+			if a, err := agentAt(); err != nil {
 				bad(p.vips[0].Key, "%v", err)
-				continue
+			} else {
+				backends = []vip.Backend{{Addr: a, Port: uint16(hostPort), State: state, Task: k.Task, App: fw}}
 			}
-			backends = []vip.Backend{{Addr: a, Port: uint16(hostPort), State: state, Task: k.Task, App: fwName}}
 		case len(t.addrs) == 0:
 			if len(t.badAddrs) == 0 && !t.starting() {
 				bad(p.vips[0].Key, "port %d has no host port and the task's latest status has no container address", p.number)
 			}
 		default:
 			for _, a := range t.addrs {
-				backends = append(backends, vip.Backend{Addr: a, Port: uint16(p.number), State: state, Task: k.Task, App: fwName})
+				backends = append(backends, vip.Backend{Addr: a, Port: uint16(p.number), State: state, Task: k.Task, App: fw})
 			}
 		}
 		for _, l := range p.vips {
@@ -156,7 +155,7 @@ func (m *Model) Declarations(k TaskKey, cfg vip.Config, dst []vip.Decl) ([]vip.D
 			if err != nil {
 				bad(l.Key, "%v", err)
 			} else {
-				backends = []vip.Backend{{Addr: a, Port: uint16(t.hostPorts[n]), State: state, Task: k.Task, App: fwName}}
+				backends = []vip.Backend{{Addr: a, Port: uint16(t.hostPorts[n]), State: state, Task: k.Task, App: fw}}
 			}
 		}
 		dst = append(dst, vip.Decl{Spec: s, Proto: proto, App: fw, Label: l.Key, Backends: backends})
