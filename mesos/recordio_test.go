@@ -104,7 +104,7 @@ func TestDecodeStateShapes(t *testing.T) {
 	if !ok || err != nil || len(gs.GetTasks.Tasks) != 3 {
 		t.Fatalf("GET_STATE: ok=%v err=%v", ok, err)
 	}
-	sub := []byte(`{"type":"SUBSCRIBED","subscribed":{"get_state":` + string(bytes.TrimSpace(data[bytes.Index(data, []byte(`"get_state"`))+len(`"get_state":`) : bytes.LastIndexByte(data[:len(bytes.TrimSpace(data))-1], '}')+1])) + `}}`)
+	sub := []byte(`{"type":"SUBSCRIBED","subscribed":{"get_state":` + string(bytes.TrimSpace(data[bytes.Index(data, []byte(`"get_state"`))+len(`"get_state":`):bytes.LastIndexByte(data[:len(bytes.TrimSpace(data))-1], '}')+1])) + `}}`)
 	if gs, _, ok, err := mesos.DecodeState(sub); !ok || err != nil || len(gs.GetTasks.Tasks) != 3 {
 		t.Errorf("SUBSCRIBED: ok=%v err=%v", ok, err)
 	}
