@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/l4lb/l4lb/mesos"
@@ -77,6 +78,7 @@ type Mesos struct {
 	heartbeat  time.Duration // the master's interval
 
 	healthyAfter time.Duration // a stream up this long resets the backoff
+	relistEvery  time.Duration // least time before a relist that an agent re-registering asks for
 }
 
 // NewMesos returns the source for the Mesos master at rawURL, such as
@@ -113,7 +115,7 @@ func NewMesos(rawURL string, opts MesosOptions) (*Mesos, error) {
 	}
 	return &Mesos{
 		apiClient: c, base: u, opts: opts, relist: make(chan struct{}, 1),
-		model: mesos.NewModel(), heartbeat: DefaultMesosHeartbeat, healthyAfter: streamHealthyFor,
+		model: mesos.NewModel(), heartbeat: DefaultMesosHeartbeat, healthyAfter: streamHealthyFor, relistEvery: mesosRelistEvery,
 	}, nil
 }
 
@@ -197,6 +199,8 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 	start := time.Now()
 	idle.Reset(idleFor)
 
+	var idleNs atomic.Int64 // the reader pushes the deadline back by this much
+	idleNs.Store(int64(idleFor))
 	records := make(chan record)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -204,7 +208,7 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rr := mesos.NewRecordReader(&idleReader{r: resp.Body, t: idle, d: idleFor}, m.opts.MaxRecord)
+		rr := mesos.NewRecordReader(&deadlineReader{r: resp.Body, t: idle, d: &idleNs}, m.opts.MaxRecord)
 		for {
 			var r record
 			data, err := rr.Next()
@@ -267,10 +271,11 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 			ch, idleNew := m.apply(r, cfg, sink)
 			if idleNew > 0 && idleNew != idleFor {
 				idleFor = idleNew
+				idleNs.Store(int64(idleFor))
 				idle.Reset(idleFor)
 			}
 			if ch.Relist && relistC == nil {
-				relistC = time.After(mesosRelistEvery)
+				relistC = time.After(m.relistEvery)
 			}
 			m.mu.Lock()
 			next, ok := m.model.NextExpiry()
@@ -508,6 +513,22 @@ func mesosSnapshot(data []byte, cfg vip.Config, now time.Time) (Snapshot, bool, 
 		}
 	}
 	return Snapshot{Decls: decls, Problems: append(problems, more...)}, true, nil
+}
+
+// deadlineReader pushes the stream's deadline back on every read that
+// returns data (a large SUBSCRIBED takes long but is alive).
+type deadlineReader struct {
+	r io.Reader
+	t *time.Timer
+	d *atomic.Int64
+}
+
+func (r *deadlineReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Reset(time.Duration(r.d.Load()))
+	}
+	return n, err
 }
 
 // isMesosState tells a Mesos state from Marathon apps by its first key.
