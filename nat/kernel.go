@@ -57,6 +57,7 @@ type Kernel struct {
 
 	mu     sync.Mutex
 	obs    *observed // what the kernel holds; nil when unknown
+	gen    uint64    // generation of the ruleset obs holds; 0 when unknown
 	tr     *transport
 	reader *nftables.Conn
 	routes *routes
@@ -142,7 +143,13 @@ func (k *Kernel) Apply(ctx context.Context, r *Ruleset, full bool) (Result, erro
 		}
 		res.ReadBack = true
 	}
-	p := makePlan(obs, r)
+	prevGen := k.gen
+	var p *plan
+	if !res.ReadBack && r.delta != nil && r.delta.base == k.gen && k.gen != 0 {
+		p = makeDeltaPlan(obs, r)
+	} else {
+		p = makePlan(obs, r)
+	}
 	if !p.empty() {
 		res.Rebuilt = p.rebuild
 		res.Elements = p.elements()
@@ -166,7 +173,12 @@ func (k *Kernel) Apply(ctx context.Context, r *Ruleset, full bool) (Result, erro
 		}
 	}
 	k.obs = obs.apply(p, r)
-	if k.routes != nil {
+	k.gen = r.gen
+	// A delta that moves no IP VIP leaves the routes as they are; every
+	// other apply (and every resync) checks them.
+	deltaNoRoutes := !res.ReadBack && r.delta != nil && r.delta.base == prevGen && prevGen != 0 &&
+		len(r.delta.ipvipsAdd)+len(r.delta.ipvipsDel) == 0
+	if k.routes != nil && !deltaNoRoutes {
 		n, err := k.routes.sync(wantedRoutes(r))
 		res.Routes = n
 		if err != nil {

@@ -176,41 +176,7 @@ func (p *plan) elements() int {
 // elements as possible.
 func makePlan(o *observed, want *Ruleset) *plan {
 	p := &plan{rebuild: !o.table}
-	for _, d := range want.setDecls() {
-		if ok, present := o.sets[d.name]; present && !ok {
-			p.rebuild = true
-		}
-	}
-	wantChains := want.chains()
-	for _, c := range wantChains {
-		if o.chains[c.name] == chainWrongHook {
-			p.rebuild = true
-		}
-	}
-	if p.rebuild {
-		o = newObserved()
-	}
-	for _, d := range want.setDecls() {
-		if _, present := o.sets[d.name]; !present {
-			p.newSets = append(p.newSets, d)
-		}
-	}
-	wanted := map[string]bool{}
-	for _, c := range wantChains {
-		wanted[c.name] = true
-		switch o.chains[c.name] {
-		case chainMissing:
-			p.newChains = append(p.newChains, c)
-		case chainWrongRules:
-			p.fixChains = append(p.fixChains, c)
-		}
-	}
-	for name := range o.chains {
-		if !wanted[name] {
-			p.dropChains = append(p.dropChains, name)
-		}
-	}
-	slices.Sort(p.dropChains)
+	o = p.structure(o, want)
 
 	// VIP elements and backend slots: a merge walk of two sorted lists.
 	i, j := 0, 0
@@ -247,6 +213,86 @@ func makePlan(o *observed, want *Ruleset) *plan {
 	p.strays = o.strays
 	p.ipvipsAdd, p.ipvipsDel = addrChanges(o.ipvips, want.IPVIPs)
 	p.hairpinAdd, p.hairpinDel = addrChanges(o.hairpin, want.Hairpin)
+	return p
+}
+
+// structure plans the sets and chains: a missing table, or a set or chain
+// of the wrong type (which cannot be changed in place), means rebuilding
+// the table. It returns what the VIP elements are to be compared with:
+// nothing when rebuilding.
+func (p *plan) structure(o *observed, want *Ruleset) *observed {
+	for _, d := range want.setDecls() {
+		if ok, present := o.sets[d.name]; present && !ok {
+			p.rebuild = true
+		}
+	}
+	wantChains := want.chains()
+	for _, c := range wantChains {
+		if o.chains[c.name] == chainWrongHook {
+			p.rebuild = true
+		}
+	}
+	if p.rebuild {
+		o = newObserved()
+	}
+	for _, d := range want.setDecls() {
+		if _, present := o.sets[d.name]; !present {
+			p.newSets = append(p.newSets, d)
+		}
+	}
+	wanted := map[string]bool{}
+	for _, c := range wantChains {
+		wanted[c.name] = true
+		switch o.chains[c.name] {
+		case chainMissing:
+			p.newChains = append(p.newChains, c)
+		case chainWrongRules:
+			p.fixChains = append(p.fixChains, c)
+		}
+	}
+	for name := range o.chains {
+		if !wanted[name] {
+			p.dropChains = append(p.dropChains, name)
+		}
+	}
+	slices.Sort(p.dropChains)
+
+	return o
+}
+
+// makeDeltaPlan plans the change from the ruleset the kernel holds (o) to
+// want, which differs from it only where want.delta says: the sets and
+// chains are checked, but only the VIPs and addresses of the delta are
+// compared, so the plan costs what the change costs. When the structure
+// needs rebuilding it falls back to makePlan.
+func makeDeltaPlan(o *observed, want *Ruleset) *plan {
+	p := &plan{rebuild: !o.table}
+	if p.structure(o, want); p.rebuild {
+		return makePlan(o, want)
+	}
+	d := want.delta
+	for _, k := range d.keys {
+		i, inO := slices.BinarySearchFunc(o.vips, k, func(v obsVIP, k vip.Key) int { return v.key.Compare(k) })
+		j, inW := searchElem(want.VIPs, k)
+		switch {
+		case inO && !inW:
+			cur := o.vips[i]
+			u := unit{key: cur.key, delVIP: cur.hasVal}
+			u.delSlots, _ = slotChanges(cur.slots, nil)
+			p.units = append(p.units, u)
+		case inW:
+			cur := obsVIP{key: k}
+			if inO {
+				cur = o.vips[i]
+			}
+			if u, ok := vipUnit(cur, want.VIPs[j]); ok {
+				p.units = append(p.units, u)
+			}
+		}
+	}
+	p.strays = o.strays
+	p.ipvipsAdd, p.ipvipsDel = d.ipvipsAdd, d.ipvipsDel
+	p.hairpinAdd, p.hairpinDel = d.hairpinAdd, d.hairpinDel
 	return p
 }
 

@@ -57,6 +57,10 @@ type Ruleset struct {
 	VIPs    []VIPElem    // elements of vips4 and vips6 with their backends, sorted by key
 	IPVIPs  []netip.Addr // addresses of IP VIPs: other ports on them are refused
 	Hairpin []netip.Addr // addresses of active backends, masqueraded when they reach themselves
+
+	gen      uint64 // generation, for deltas; 0 for a ruleset built by hand
+	delta    *delta // how it differs from the ruleset it was patched from; nil: unknown
+	lbCounts []int  // cached LBCounts; nil: compute
 }
 
 // VIPElem is one VIP: its element in the VIP map, which jumps to lbN (or to
@@ -118,14 +122,14 @@ func Compile(s vip.State, table string) *Ruleset {
 	if table == "" {
 		table = DefaultTable
 	}
-	r := &Ruleset{Table: table, Pool4: s.Pool4.Masked(), Pool6: s.Pool6.Masked()}
+	r := &Ruleset{Table: table, Pool4: s.Pool4.Masked(), Pool6: s.Pool6.Masked(), gen: generations.Add(1)}
 	ipvips := map[netip.Addr]bool{}
 	hairpin := map[netip.Addr]bool{}
+	r.VIPs = make([]VIPElem, 0, len(s.VIPs))
 	for _, v := range s.VIPs {
-		e := VIPElem{Key: v.Key(), Comment: Comment(v)}
-		for _, b := range v.Active() {
-			e.Backends = append(e.Backends, b.AddrPort())
-			hairpin[b.Addr] = true
+		e := compileVIP(v)
+		for _, b := range e.Backends {
+			hairpin[b.Addr()] = true
 		}
 		r.VIPs = append(r.VIPs, e)
 		if v.Name == "" {
@@ -135,7 +139,30 @@ func Compile(s vip.State, table string) *Ruleset {
 	r.IPVIPs = sortedAddrs(ipvips)
 	r.Hairpin = sortedAddrs(hairpin)
 	r.Sort()
+	r.lbCounts = append([]int{}, r.LBCounts()...)
 	return r
+}
+
+// compileVIP is one VIP's element: its active backends in address order.
+func compileVIP(v vip.VIP) VIPElem {
+	e := VIPElem{Key: v.Key(), Comment: Comment(v)}
+	for _, b := range v.Backends {
+		if b.State == vip.Active {
+			e.Backends = append(e.Backends, b.AddrPort())
+		}
+	}
+	return e
+}
+
+// hasher hands out a maphash seeded for fingerprints.
+type hasher struct{ h *maphash.Hash }
+
+func (h *hasher) get() *maphash.Hash {
+	if h.h == nil {
+		h.h = &maphash.Hash{}
+		h.h.SetSeed(sumSeed)
+	}
+	return h.h
 }
 
 // Sort puts the VIPs and addresses in canonical order and fingerprints each
@@ -204,6 +231,9 @@ func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
 // LBCounts returns the distinct backend counts in use: the lbN chains the
 // ruleset needs.
 func (r *Ruleset) LBCounts() []int {
+	if r.lbCounts != nil {
+		return r.lbCounts
+	}
 	seen := map[int]bool{}
 	var out []int
 	for _, v := range r.VIPs {

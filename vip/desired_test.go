@@ -307,8 +307,8 @@ func TestDesiredHealth(t *testing.T) {
 	s, problems := desired(t, app)
 	want := []string{"hc.marathon.l4lb.thisdcos.directory:80/tcp@198.18.x [" + strings.Join([]string{
 		"198.19.0.1:1 active all-alive",
-		"198.19.0.2:2 unhealthy no-result-yet",
-		"198.19.0.3:3 unhealthy one-result-of-two",
+		"198.19.0.2:2 starting no-result-yet",
+		"198.19.0.3:3 starting one-result-of-two",
 		"198.19.0.4:4 unhealthy one-failing",
 		"198.19.0.5:5 draining killing-unhealthy",
 		"198.19.0.6:6 draining killing-healthy",

@@ -81,8 +81,8 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 }
 
 // parseSources turns --source specs into sources with the Marathon options.
-func (m *modelFlags) parseSources(onStream func(spec string, o *source.Options)) ([]source.Watcher, error) {
-	var out []source.Watcher
+func (m *modelFlags) parseSources(onStream func(spec string, o *source.Options)) ([]source.Source, error) {
+	var out []source.Source
 	if m.resolver == nil {
 		m.resolver = &vip.CachingResolver{}
 	}

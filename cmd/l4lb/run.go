@@ -104,6 +104,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			log.Warn("mesos subscription lost", "source", spec, "err", err, "retryIn", retryIn)
 		}
 		o.Mesos.OnSubscribed = func(tasks int) { log.Info("mesos subscribed", "source", spec, "vipTasks", tasks) }
+		o.Marathon.MinInterval = f.minSync
+		o.Marathon.OnAppError = func(appID string, err error) {
+			log.Warn("cannot read marathon app; keeping its last good state", "source", spec, "app", appID, "err", err)
+		}
 	})
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -22,6 +23,8 @@ type File struct {
 	Model vip.Config
 	// Poll is how often Watch looks at the file; 200ms when zero.
 	Poll time.Duration
+
+	relist atomic.Bool
 }
 
 // NewFile returns the source for path.
@@ -50,6 +53,59 @@ func (f *File) Load(ctx context.Context) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
 	}
 	return Snapshot{Apps: apps, Problems: problems}, nil
+}
+
+// Relist implements Source: the file is read again at the next poll.
+func (f *File) Relist() { f.relist.Store(true) }
+
+// Run implements Source. A file is a full list every time it changes:
+// it is read at start, whenever its stat changes and when Relist asks, and
+// delivered with Replace (the pipeline diffs it per app, so an app that did
+// not change costs nothing downstream). A file that cannot be read or
+// parsed is reported with Stale and the last good list is kept.
+func (f *File) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
+	groups := newAppGroups(cfg)
+	if f.Model.Domain == "" && f.Model.Resolver == nil {
+		f.Model = cfg // the tasks of a Mesos state
+	}
+	poll := f.Poll
+	if poll == 0 {
+		poll = 200 * time.Millisecond
+	}
+	var last []byte
+	stale := false
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		fp := f.fingerprint()
+		if last == nil || !bytes.Equal(fp, last) || f.relist.Swap(false) {
+			snap, err := f.Load(ctx)
+			switch {
+			case err != nil:
+				sink.Stale(err)
+				stale = true
+			default:
+				problems := snap.Problems
+				if snap.Groups != nil {
+					problems = nil // a Mesos state's are in its groups
+				}
+				sink.Replace(append(groups.list(snap.Apps, problems), snap.Groups...))
+				if stale {
+					stale = false
+					sink.Stale(nil)
+				}
+			}
+			last = fp
+			if err != nil {
+				last = []byte("failed") // read again at the next poll
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // Watch polls the file's stat and calls changed when the file changes. It

@@ -454,7 +454,7 @@ func (m *Mesos) Load(ctx context.Context) (Snapshot, error) {
 	if m.subscribed {
 		decls, problems := m.model.AllDeclarations(m.opts.Model)
 		m.mu.Unlock()
-		return Snapshot{Decls: decls, Problems: problems}, nil
+		return Snapshot{Decls: decls, Problems: problems}, nil // render only: no groups
 	}
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
@@ -481,24 +481,10 @@ func (m *Mesos) Load(ctx context.Context) (Snapshot, error) {
 	return snap, nil
 }
 
-// Watch keeps the subscription and calls changed after every change (the
-// snapshot interface of the sync loop; Load then reads the model).
-func (m *Mesos) Watch(ctx context.Context, changed func()) error {
-	if changed == nil {
-		return errors.New("mesos watch: changed is nil")
-	}
-	return m.Run(ctx, m.opts.Model, triggerSink(changed))
-}
-
-// triggerSink turns deliveries into triggers.
-type triggerSink func()
-
-func (t triggerSink) Replace([]Group)       { t() }
-func (t triggerSink) Update([]Group, []Key) { t() }
-func (t triggerSink) Stale(error)           {}
-
 // mesosSnapshot reads a whole Mesos state (a GET_STATE response or a
-// SUBSCRIBED event) into declarations; ok is false for other documents.
+// SUBSCRIBED event): the declarations of every task, flat (Decls, for
+// l4lb render) and by task (Groups, for the pipeline); ok is false for
+// other documents.
 func mesosSnapshot(data []byte, cfg vip.Config, now time.Time) (Snapshot, bool, error) {
 	gs, problems, ok, err := mesos.DecodeState(data)
 	if !ok || err != nil {
@@ -506,13 +492,18 @@ func mesosSnapshot(data []byte, cfg vip.Config, now time.Time) (Snapshot, bool, 
 	}
 	model := mesos.NewModel()
 	model.Reset(gs, now)
-	decls, more := model.AllDeclarations(cfg)
-	for i := range problems {
-		if name := model.FrameworkName(problems[i].Framework); name != "" {
-			problems[i].Framework = name
-		}
+	var snap Snapshot
+	for _, k := range model.Keys() {
+		decls, p := model.Declarations(k, cfg, nil)
+		snap.Groups = append(snap.Groups, Group{Key: Key(k.String()), Decls: decls, Problems: p})
+		snap.Decls = append(snap.Decls, decls...)
+		snap.Problems = append(snap.Problems, p...)
 	}
-	return Snapshot{Decls: decls, Problems: append(problems, more...)}, true, nil
+	for _, g := range problemGroups(problems, model) {
+		snap.Groups = append(snap.Groups, g)
+		snap.Problems = append(snap.Problems, g.Problems...)
+	}
+	return snap, true, nil
 }
 
 // deadlineReader pushes the stream's deadline back on every read that

@@ -1,0 +1,445 @@
+package vip
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// Index is the desired state kept up to date one change at a time: groups
+// of declarations (a Marathon app, a Mesos task) are set and deleted by
+// key, and Commit recomputes only the VIP units those changes reach. A unit
+// is a VIP name with all its ports and protocols (they share addresses), or
+// an IP VIP's address. After any sequence of changes the state equals what
+// Build computes from the current declarations with the Index's
+// allocations as Previous. An Index is not safe for concurrent use; the
+// States it returns are immutable and may be shared.
+type Index struct {
+	cfg    Config
+	pool4  pool
+	pool6  pool
+	groups map[string]*indexGroup
+	units  map[unitKey]*indexUnit
+	alloc4 map[string]netip.Addr
+	alloc6 map[string]netip.Addr
+	owner  map[netip.Addr]string // named allocations: address -> name
+	dirty  map[unitKey]bool
+
+	vips         []VIP // sorted by key; replaced, never changed in place
+	allocChanged bool
+	allocSnap    Allocations
+	problems     []Problem // sorted; nil when it must be rebuilt
+	nProblems    int       // groups and units with problems
+}
+
+type indexGroup struct {
+	decls    []Decl
+	problems []Problem
+}
+
+type indexUnit struct {
+	groups   map[string]int // keys of the groups that declare it, with their count of declarations
+	vips     []VIP          // sorted by key
+	problems []Problem
+}
+
+// NewIndex returns an empty index. cfg.Previous holds addresses to give
+// back to names when they first appear (the persisted allocations).
+func NewIndex(cfg Config) *Index {
+	cfg = cfg.withDefaults()
+	return &Index{
+		cfg: cfg, pool4: newPool(cfg.Pool4), pool6: newPool(cfg.Pool6),
+		groups: map[string]*indexGroup{}, units: map[unitKey]*indexUnit{},
+		alloc4: map[string]netip.Addr{}, alloc6: map[string]netip.Addr{},
+		owner: map[netip.Addr]string{}, dirty: map[unitKey]bool{},
+		allocSnap: Allocations{V4: map[string]netip.Addr{}, V6: map[string]netip.Addr{}},
+	}
+}
+
+// Set replaces the declarations and problems of the group key (or adds
+// it). Nothing is recomputed before Commit. The declarations must not be
+// changed afterwards.
+func (x *Index) Set(key string, decls []Decl, problems []Problem) {
+	old := x.groups[key]
+	if old != nil {
+		if slices.EqualFunc(old.decls, decls, declEqual) && slices.Equal(old.problems, problems) {
+			return
+		}
+		x.unlink(key, old)
+	}
+	g := &indexGroup{decls: decls, problems: problems}
+	x.groups[key] = g
+	if len(problems) > 0 {
+		x.problems = nil
+		x.nProblems++
+	}
+	for _, d := range decls {
+		u := d.unit()
+		iu := x.units[u]
+		if iu == nil {
+			iu = &indexUnit{groups: map[string]int{}}
+			x.units[u] = iu
+		}
+		iu.groups[key]++
+		x.dirty[u] = true
+	}
+}
+
+// Delete removes the group key; an unknown key is ignored.
+func (x *Index) Delete(key string) {
+	if old := x.groups[key]; old != nil {
+		x.unlink(key, old)
+		delete(x.groups, key)
+	}
+}
+
+// Has reports whether the group key is held.
+func (x *Index) Has(key string) bool { return x.groups[key] != nil }
+
+// Keys returns the keys of the groups held, in no order.
+func (x *Index) Keys() []string { return slices.Collect(maps.Keys(x.groups)) }
+
+func (x *Index) unlink(key string, g *indexGroup) {
+	if len(g.problems) > 0 {
+		x.problems = nil
+		x.nProblems--
+	}
+	for _, d := range g.decls {
+		u := d.unit()
+		if iu := x.units[u]; iu != nil {
+			if iu.groups[key]--; iu.groups[key] <= 0 {
+				delete(iu.groups, key)
+			}
+		}
+		x.dirty[u] = true
+	}
+}
+
+func declEqual(a, b Decl) bool {
+	return a.Spec == b.Spec && a.Proto == b.Proto && a.App == b.App && a.Label == b.Label && slices.Equal(a.Backends, b.Backends)
+}
+
+// Change is what a Commit changed.
+type Change struct {
+	Before []VIP // the VIPs that changed or went, as they were, sorted by key
+	After  []VIP // the VIPs that changed or came, as they are, sorted by key
+	// Allocations is set when named VIP addresses were given or released.
+	Allocations bool
+}
+
+// Empty reports whether nothing changed.
+func (c Change) Empty() bool { return len(c.Before) == 0 && len(c.After) == 0 && !c.Allocations }
+
+// Commit recomputes the units that changes reached and returns what changed
+// in the state.
+func (x *Index) Commit() Change {
+	var before, after []VIP
+	x.allocChanged = false
+	// Names first: giving or releasing an address changes the IP VIP at
+	// that address, which is then recomputed too.
+	for pass := 0; pass < 2; pass++ {
+		for u := range x.dirty {
+			if (pass == 0) != (u.name != "") {
+				continue
+			}
+			delete(x.dirty, u)
+			b, a := x.recompute(u)
+			before, after = append(before, b...), append(after, a...)
+		}
+	}
+	clear(x.dirty)
+	slices.SortFunc(before, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
+	slices.SortFunc(after, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
+	if len(before)+len(after) > 0 {
+		x.vips = patchVIPs(x.vips, before, after)
+	}
+	if x.allocChanged {
+		x.allocSnap = Allocations{V4: maps.Clone(x.alloc4), V6: maps.Clone(x.alloc6)}
+	}
+	return Change{Before: before, After: after, Allocations: x.allocChanged}
+}
+
+// State returns the current desired state. Its slices are shared with
+// later States and must not be changed.
+func (x *Index) State() State {
+	return State{VIPs: x.vips, Pool4: x.cfg.Pool4, Pool6: x.cfg.Pool6, Allocations: x.allocSnap}
+}
+
+// Problems returns what the groups and units skipped, sorted.
+func (x *Index) Problems() []Problem {
+	if x.problems == nil && x.nProblems > 0 {
+		var ps []Problem
+		for _, g := range x.groups {
+			ps = append(ps, g.problems...)
+		}
+		for _, u := range x.units {
+			ps = append(ps, u.problems...)
+		}
+		x.problems = sortProblems(ps)
+	}
+	return x.problems
+}
+
+// recompute rebuilds one unit and returns its VIPs that went or changed
+// (as they were) and that came or changed (as they are).
+func (x *Index) recompute(u unitKey) (before, after []VIP) {
+	iu := x.units[u]
+	if iu == nil {
+		return nil, nil
+	}
+	groups := map[groupID]*group{}
+	for key := range iu.groups {
+		for _, d := range x.groups[key].decls {
+			if d.unit() != u {
+				continue
+			}
+			k := groupID{name: d.Spec.Name, ip: d.Spec.IP, port: d.Spec.Port, proto: d.Proto}
+			g := groups[k]
+			if g == nil {
+				g = &group{spec: d.Spec, proto: d.Proto, apps: map[string]bool{}}
+				groups[k] = g
+			}
+			g.add(d)
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(groups), groupID.compare)
+	for _, k := range keys {
+		groups[k].dedupe()
+	}
+	var vips []VIP
+	var problems []Problem
+	if u.name != "" {
+		vips, problems = x.buildName(u.name, keys, groups)
+	} else {
+		vips, problems = x.buildIP(u.ip, keys, groups)
+	}
+	slices.SortFunc(vips, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
+	before, after = diffVIPs(iu.vips, vips)
+	if len(iu.problems) > 0 || len(problems) > 0 {
+		x.problems = nil
+		if len(iu.problems) > 0 {
+			x.nProblems--
+		}
+		if len(problems) > 0 {
+			x.nProblems++
+		}
+	}
+	iu.vips, iu.problems = vips, problems
+	if len(iu.groups) == 0 {
+		delete(x.units, u)
+	}
+	return before, after
+}
+
+// buildName allocates a name's addresses and builds its VIPs, as build
+// does for one name.
+func (x *Index) buildName(name string, keys []groupID, groups map[groupID]*group) ([]VIP, []Problem) {
+	var v4, v6 bool
+	for _, k := range keys {
+		for _, b := range groups[k].backends {
+			if b.Addr.Is4() {
+				v4 = true
+			} else {
+				v6 = true
+			}
+		}
+	}
+	if len(keys) > 0 && !v6 {
+		v4 = true
+	}
+	fams := []struct {
+		is4   bool
+		need  bool
+		alloc map[string]netip.Addr
+		prev  map[string]netip.Addr
+		p     pool
+	}{{true, v4, x.alloc4, x.cfg.Previous.V4, x.pool4}, {false, v6, x.alloc6, x.cfg.Previous.V6, x.pool6}}
+	var vips []VIP
+	var problems []Problem
+	for _, f := range fams {
+		a, has := f.alloc[name]
+		if !f.need {
+			if has {
+				x.release(f.alloc, name, a)
+			}
+			continue
+		}
+		if !has {
+			var err error
+			if a, err = x.allocate(f.p, name, f.prev[name], uint64(len(f.alloc))); err != nil {
+				if len(keys) > 0 {
+					problems = append(problems, groupProblems(groups[keys[0]], err.Error())...)
+				}
+				continue
+			}
+			f.alloc[name] = a
+			x.owner[a] = name
+			x.allocChanged = true
+			x.touchIP(a)
+		}
+		for _, k := range keys {
+			g := groups[k]
+			v := newVIP(g, a)
+			for _, b := range g.backends {
+				if b.Addr.Is4() == f.is4 {
+					v.Backends = append(v.Backends, b)
+				}
+			}
+			vips = append(vips, v)
+		}
+	}
+	return vips, problems
+}
+
+// allocate finds an address for a new name: its previous address when that
+// is in the pool and free, else the first free one from the hash of the
+// name that no IP VIP asks for.
+func (x *Index) allocate(p pool, name string, prev netip.Addr, used uint64) (netip.Addr, error) {
+	if prev.IsValid() && p.owns(prev) && x.owner[prev] == "" {
+		return prev, nil
+	}
+	if used >= p.capacity() {
+		return netip.Addr{}, fmt.Errorf("%w: no free address in %s for %s", errPoolExhausted, p.prefix, name)
+	}
+	start := p.hashOffset(name)
+	for i := uint64(0); i < p.size; i++ {
+		off := (start + i) & (p.size - 1)
+		if !p.usable(off) {
+			continue
+		}
+		a := p.addr(off)
+		if x.owner[a] != "" || x.units[unitKey{ip: a}] != nil {
+			continue
+		}
+		return a, nil
+	}
+	return netip.Addr{}, fmt.Errorf("%w: no free address in %s for %s", errPoolExhausted, p.prefix, name)
+}
+
+func (x *Index) release(alloc map[string]netip.Addr, name string, a netip.Addr) {
+	delete(alloc, name)
+	delete(x.owner, a)
+	x.allocChanged = true
+	x.touchIP(a)
+}
+
+// touchIP marks the IP VIP at a for recomputation: a named VIP took or left
+// its address.
+func (x *Index) touchIP(a netip.Addr) {
+	if u := (unitKey{ip: a}); x.units[u] != nil {
+		x.dirty[u] = true
+	}
+}
+
+// buildIP builds the VIPs of an IP VIP address, as build does.
+func (x *Index) buildIP(ip netip.Addr, keys []groupID, groups map[groupID]*group) ([]VIP, []Problem) {
+	var vips []VIP
+	var problems []Problem
+	for _, k := range keys {
+		g := groups[k]
+		if name := x.owner[ip]; name != "" {
+			problems = append(problems, groupProblems(g, fmt.Sprintf("IP VIP address %s is in use by named VIP %s", ip, name))...)
+			continue
+		}
+		v := newVIP(g, ip)
+		for _, b := range g.backends {
+			if b.Addr.Is4() != ip.Is4() {
+				problems = append(problems, Problem{App: b.App, Task: b.Task,
+					Reason: fmt.Sprintf("backend %s does not match the address family of IP VIP %s", b.AddrPort(), v)})
+				continue
+			}
+			v.Backends = append(v.Backends, b)
+		}
+		vips = append(vips, v)
+	}
+	return vips, problems
+}
+
+// VIPEqual reports whether two VIPs are the same in every field.
+func VIPEqual(a, b VIP) bool {
+	return a.Name == b.Name && a.Addr == b.Addr && a.Port == b.Port && a.Proto == b.Proto &&
+		slices.Equal(a.Apps, b.Apps) && slices.Equal(a.Backends, b.Backends)
+}
+
+// diffVIPs compares two sorted lists of VIPs.
+func diffVIPs(old, cur []VIP) (before, after []VIP) {
+	i, j := 0, 0
+	for i < len(old) || j < len(cur) {
+		c := 0
+		switch {
+		case i == len(old):
+			c = 1
+		case j == len(cur):
+			c = -1
+		default:
+			c = old[i].Key().Compare(cur[j].Key())
+		}
+		switch {
+		case c < 0:
+			before = append(before, old[i])
+			i++
+		case c > 0:
+			after = append(after, cur[j])
+			j++
+		default:
+			if !VIPEqual(old[i], cur[j]) {
+				before, after = append(before, old[i]), append(after, cur[j])
+			}
+			i++
+			j++
+		}
+	}
+	return before, after
+}
+
+// patchVIPs returns a new sorted list: vips without before, with after.
+func patchVIPs(vips, before, after []VIP) []VIP {
+	out := make([]VIP, 0, len(vips)-len(before)+len(after))
+	i, j, k := 0, 0, 0
+	for i < len(vips) || k < len(after) {
+		// Skip the VIPs that are replaced or gone.
+		if i < len(vips) && j < len(before) && vips[i].Key() == before[j].Key() {
+			i++
+			j++
+			continue
+		}
+		switch {
+		case k == len(after) || (i < len(vips) && vips[i].Key().Compare(after[k].Key()) < 0):
+			// Copy the run of untouched VIPs up to the next change at once.
+			end := len(vips)
+			if j < len(before) {
+				end = min(end, searchVIP(vips, before[j].Key()))
+			}
+			if k < len(after) {
+				end = min(end, searchVIP(vips, after[k].Key()))
+			}
+			end = max(end, i+1)
+			out = append(out, vips[i:end]...)
+			i = end
+		default:
+			out = append(out, after[k])
+			k++
+		}
+	}
+	return out
+}
+
+// searchVIP returns the index of the first VIP whose key is not below k.
+func searchVIP(vips []VIP, k Key) int {
+	i, _ := slices.BinarySearchFunc(vips, k, func(v VIP, k Key) int { return v.Key().Compare(k) })
+	return i
+}
+
+// NameAddrs returns the addresses a name holds now (one per family at
+// most), for DNS; none when the name has no VIP.
+func (x *Index) NameAddrs(name string) []netip.Addr {
+	var out []netip.Addr
+	if a, ok := x.alloc4[name]; ok {
+		out = append(out, a)
+	}
+	if a, ok := x.alloc6[name]; ok {
+		out = append(out, a)
+	}
+	return out
+}

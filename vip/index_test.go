@@ -1,0 +1,188 @@
+package vip
+
+import (
+	stdjson "encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// randomApp makes an app with random VIP labels (named and IP, colliding
+// names across apps) and random tasks, health and states.
+func randomApp(r *rand.Rand, id string) App {
+	app := App{ID: id}
+	if r.IntN(3) == 0 {
+		app.HealthChecks = make([]stdjson.RawMessage, 1+r.IntN(2))
+	}
+	nports := 1 + r.IntN(2)
+	for p := 0; p < nports; p++ {
+		labels := map[string]string{}
+		for l := 0; l < r.IntN(3); l++ {
+			var v string
+			switch r.IntN(5) {
+			case 0:
+				v = fmt.Sprintf("198.18.0.%d:%d", 1+r.IntN(4), 80+r.IntN(2))
+			case 1:
+				v = fmt.Sprintf("[fd00:198:18::%d]:80", 1+r.IntN(2))
+			case 2:
+				v = "bad"
+			default:
+				v = fmt.Sprintf("%s:%d", []string{"a", "b", "c", "d", "e"}[r.IntN(5)], 80+r.IntN(2))
+			}
+			labels[fmt.Sprintf("VIP_%d", l)] = v
+		}
+		app.PortDefinitions = append(app.PortDefinitions, Port{Protocol: []string{"tcp", "udp", "udp,tcp"}[r.IntN(3)], Labels: labels})
+	}
+	for t := 0; t < r.IntN(4); t++ {
+		task := Task{ID: fmt.Sprintf("%s.t%d", id, t), State: []string{"TASK_RUNNING", "TASK_RUNNING", "TASK_KILLING", "TASK_UNREACHABLE", "TASK_STAGING"}[r.IntN(5)]}
+		if r.IntN(4) == 0 {
+			task.Host = fmt.Sprintf("fd00:198:19::%d", 1+r.IntN(5))
+		} else {
+			task.Host = fmt.Sprintf("198.19.0.%d", 1+r.IntN(5))
+		}
+		for p := 0; p < nports; p++ {
+			task.Ports = append(task.Ports, 31000+r.IntN(3))
+		}
+		for h := 0; h < r.IntN(len(app.HealthChecks)+1); h++ {
+			task.HealthCheckResults = append(task.HealthCheckResults, HealthCheckResult{Alive: r.IntN(4) != 0})
+		}
+		app.Tasks = append(app.Tasks, task)
+	}
+	return app
+}
+
+// TestIndexEqualsBuild applies random sequences of app and task changes to
+// an Index, as deltas, and checks after each commit that the state and the
+// problems are those Build computes from all current declarations at once,
+// and that the Change lists exactly the VIPs that differ.
+func TestIndexEqualsBuild(t *testing.T) {
+	for seed := uint64(1); seed <= 200; seed++ {
+		r := rand.New(rand.NewPCG(seed, 7))
+		cfg := Config{Pool4: netip.MustParsePrefix("198.18.0.0/28"), Pool6: netip.MustParsePrefix("fd00:198:18::/124")}
+		x := NewIndex(cfg)
+		type held struct {
+			decls    []Decl
+			problems []Problem
+		}
+		apps := map[string]held{}
+		prev := x.State()
+		for step := 0; step < 30; step++ {
+			for n := 1 + r.IntN(3); n > 0; n-- {
+				id := fmt.Sprintf("/app%d", r.IntN(8))
+				if r.IntN(4) == 0 {
+					x.Delete(id)
+					delete(apps, id)
+					continue
+				}
+				d, p, _ := DeclareApp(randomApp(r, id), cfg, nil)
+				x.Set(id, d, p)
+				apps[id] = held{d, p}
+			}
+			ch := x.Commit()
+			got := x.State()
+
+			var all []Decl
+			var problems []Problem
+			for _, id := range slices.Sorted(func(yield func(string) bool) {
+				for id := range apps {
+					if !yield(id) {
+						return
+					}
+				}
+			}) {
+				all = append(all, apps[id].decls...)
+				problems = append(problems, apps[id].problems...)
+			}
+			full := cfg
+			full.Previous = got.Allocations
+			want, wantProblems := Build(all, full)
+			wantProblems = sortProblems(append(problems, wantProblems...))
+			if !reflect.DeepEqual(nonNil(got.VIPs), nonNil(want.VIPs)) {
+				t.Fatalf("seed %d step %d: index\n%s\nbuild\n%s", seed, step, strings.Join(summary(got), "\n"), strings.Join(summary(want), "\n"))
+			}
+			if !want.Allocations.Equal(got.Allocations) {
+				t.Fatalf("seed %d step %d: allocations %v, build %v", seed, step, got.Allocations, want.Allocations)
+			}
+			if gp := x.Problems(); !slices.Equal(gp, wantProblems) {
+				t.Fatalf("seed %d step %d: problems\n%v\nbuild\n%v", seed, step, gp, wantProblems)
+			}
+			// The change is exactly the difference between the states.
+			b, a := diffVIPs(prev.VIPs, got.VIPs)
+			if !reflect.DeepEqual(nonNil(b), nonNil(ch.Before)) || !reflect.DeepEqual(nonNil(a), nonNil(ch.After)) {
+				t.Fatalf("seed %d step %d: change before %v after %v, want %v %v", seed, step, ch.Before, ch.After, b, a)
+			}
+			prev = got
+		}
+	}
+}
+
+func nonNil(v []VIP) []VIP {
+	if v == nil {
+		return []VIP{}
+	}
+	return v
+}
+
+// TestIndexUnchangedGroupIsFree: setting a group to what it holds marks
+// nothing, so a full list that changed nothing costs no recomputation.
+func TestIndexUnchangedGroupIsFree(t *testing.T) {
+	cfg := Config{}
+	x := NewIndex(cfg)
+	app := App{ID: "/a", PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
+		Tasks: []Task{{ID: "t", Host: "198.19.0.1", Ports: []int{31000}, State: "TASK_RUNNING"}}}
+	d, p, _ := DeclareApp(app, cfg, nil)
+	x.Set("/a", d, p)
+	if ch := x.Commit(); len(ch.After) != 1 || !ch.Allocations {
+		t.Fatalf("first commit: %+v", ch)
+	}
+	d, p, _ = DeclareApp(app, cfg, nil)
+	x.Set("/a", d, p)
+	if len(x.dirty) != 0 {
+		t.Fatalf("an unchanged group marked %d units", len(x.dirty))
+	}
+	if ch := x.Commit(); !ch.Empty() {
+		t.Fatalf("commit of nothing: %+v", ch)
+	}
+}
+
+// TestHealthMemory: a new task without results is starting; a task seen
+// with results keeps its state while they are missing (a Marathon leader
+// failover), until results come back.
+func TestHealthMemory(t *testing.T) {
+	cfg := Config{}
+	app := func(results ...bool) App {
+		task := Task{ID: "t1", Host: "198.19.0.1", Ports: []int{31000}, State: "TASK_RUNNING"}
+		for _, ok := range results {
+			task.HealthCheckResults = append(task.HealthCheckResults, HealthCheckResult{Alive: ok})
+		}
+		return App{ID: "/a", HealthChecks: []stdjson.RawMessage{nil}, PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
+			Tasks: []Task{task}}
+	}
+	state := func(d []Decl) BackendState { return d[0].Backends[0].State }
+	var known Health
+	steps := []struct {
+		results []bool
+		want    BackendState
+	}{
+		{nil, Starting}, {nil, Starting}, {[]bool{true}, Active}, {nil, Active},
+		{[]bool{false}, Unhealthy}, {nil, Unhealthy}, {[]bool{true}, Active},
+	}
+	for i, s := range steps {
+		var d []Decl
+		d, _, known = DeclareApp(app(s.results...), cfg, known)
+		if got := state(d); got != s.want {
+			t.Fatalf("step %d (results %v): %s, want %s", i, s.results, got, s.want)
+		}
+	}
+	// A task that is gone is forgotten.
+	gone := app()
+	gone.Tasks = nil
+	_, _, known = DeclareApp(gone, cfg, known)
+	if len(known) != 0 {
+		t.Fatalf("memory of a gone task kept: %v", known)
+	}
+}
