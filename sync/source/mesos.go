@@ -144,14 +144,19 @@ func (m *Mesos) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 	}
 	delay := m.opts.BackoffMin
 	for {
-		up, err := m.stream(ctx, cfg, sink)
+		up, subscribed, err := m.stream(ctx, cfg, sink)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if errors.Is(err, errRelist) {
 			continue
 		}
-		sink.Stale(err)
+		if !subscribed {
+			// Cannot read: the groups stay, and the pipeline says so. A
+			// stream that broke after its SUBSCRIBED is not stale yet: the
+			// next subscription usually follows at once.
+			sink.Stale(err)
+		}
 		if up >= m.healthyAfter {
 			delay = m.opts.BackoffMin
 		}
@@ -178,8 +183,9 @@ type record struct {
 }
 
 // stream runs one subscription until it fails, ends or ctx is done. It
-// returns how long the stream was up and why it ended, never nil.
-func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Duration, error) {
+// returns how long the stream was up, whether its SUBSCRIBED was delivered,
+// and why it ended, never nil.
+func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (up time.Duration, subscribed bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	m.mu.Lock()
@@ -190,11 +196,11 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 
 	resp, at, err := m.post(ctx, []byte(`{"type":"SUBSCRIBE"}`))
 	if err != nil {
-		return 0, streamErr(ctx, at, err)
+		return 0, false, streamErr(ctx, at, err)
 	}
 	defer resp.Body.Close()
 	if err := checkMesosResponse(resp, true); err != nil {
-		return 0, fmt.Errorf("POST %s: %w", at, err)
+		return 0, false, fmt.Errorf("POST %s: %w", at, err)
 	}
 	start := time.Now()
 	idle.Reset(idleFor)
@@ -239,11 +245,11 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 	for {
 		select {
 		case <-ctx.Done():
-			return time.Since(start), streamErr(ctx, at, fmt.Errorf("POST %s: %w", at, context.Cause(ctx)))
+			return time.Since(start), !first, streamErr(ctx, at, fmt.Errorf("POST %s: %w", at, context.Cause(ctx)))
 		case <-m.relist:
-			return time.Since(start), errRelist
+			return time.Since(start), !first, errRelist
 		case <-relistC:
-			return time.Since(start), errRelist
+			return time.Since(start), !first, errRelist
 		case <-expiryC:
 			m.mu.Lock()
 			gone := m.model.Expire(m.opts.Now())
@@ -262,10 +268,10 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (time.Dur
 				if errors.Is(r.err, io.EOF) {
 					r.err = errors.New("master closed the stream")
 				}
-				return time.Since(start), streamErr(ctx, at, fmt.Errorf("POST %s: %w", at, unwrapURLError(r.err)))
+				return time.Since(start), !first, streamErr(ctx, at, fmt.Errorf("POST %s: %w", at, unwrapURLError(r.err)))
 			}
 			if first && r.ev.Type != mesos.EventSubscribed {
-				return time.Since(start), fmt.Errorf("POST %s: the stream starts with %s, not SUBSCRIBED", at, r.ev.Type)
+				return time.Since(start), !first, fmt.Errorf("POST %s: the stream starts with %s, not SUBSCRIBED", at, r.ev.Type)
 			}
 			first = false
 			ch, idleNew := m.apply(r, cfg, sink)
