@@ -13,8 +13,8 @@ import (
 
 	"github.com/l4lb/l4lb/internal/netns"
 	"github.com/l4lb/l4lb/mesos"
-	"github.com/l4lb/l4lb/sync/api"
 	mt "github.com/l4lb/l4lb/mesos/mesostest"
+	"github.com/l4lb/l4lb/sync/api"
 )
 
 // BenchmarkMesosTaskUpdated runs the daemon in a namespace against a Mesos
