@@ -343,3 +343,73 @@ func TestMesosTokenAndLoad(t *testing.T) {
 	_, sink := startMesos(t, master.URL, MesosOptions{TokenFile: tok})
 	waitBackends(t, sink, b0+" active")
 }
+
+// TestFileRunMesosState: a file holding a Mesos state is a full list of
+// groups by task, and a change of the file another full list.
+func TestFileRunMesosState(t *testing.T) {
+	data, err := os.ReadFile("../../examples/mesos-state.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "state.json")
+	os.WriteFile(path, data, 0o644)
+	f := NewFile(path)
+	f.Poll = 10 * time.Millisecond
+	sink := newRecSink()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx, vip.Config{}, sink) }()
+	defer func() { cancel(); <-done }()
+	waitBackends(t, sink,
+		"broker.kafka.l4lb.thisdcos.directory:9092 198.19.0.11:1025 active",
+		"broker.kafka.l4lb.thisdcos.directory:9092 198.19.0.12:1025 active",
+		"myservice.marathon.l4lb.thisdcos.directory:6666 198.19.0.11:31001 active")
+	sink.mu.Lock()
+	var keys []string
+	for k := range sink.groups {
+		keys = append(keys, string(k))
+	}
+	sink.mu.Unlock()
+	slices.Sort(keys)
+	want := []string{
+		"b7c9a3e2-5d1f-4c8a-9e2b-000000000001-0000/myservice.1d2f3c4b-7a8e-11ef-9c1e-0242ac110002",
+		"b7c9a3e2-5d1f-4c8a-9e2b-000000000001-0002/kafka-0-broker__8c3a5e1f-2b4d-4f6a-9c8e-7d1b2a3c4e5f",
+		"b7c9a3e2-5d1f-4c8a-9e2b-000000000001-0002/kafka-1-broker__4a9d2c7e-1f3b-4e8a-b6d5-9c0e1f2a3b4c",
+	}
+	if !slices.Equal(keys, want) {
+		t.Errorf("groups %v, want %v", keys, want)
+	}
+	// kafka-1 is killed: the file changes, the list follows.
+	os.WriteFile(path, []byte(strings.Replace(string(data), `"name": "kafka-1-broker",`+"\n"+`          "task_id": {"value": "kafka-1-broker__4a9d2c7e-1f3b-4e8a-b6d5-9c0e1f2a3b4c"},
+          "framework_id": {"value": "b7c9a3e2-5d1f-4c8a-9e2b-000000000001-0002"},
+          "agent_id": {"value": "b7c9a3e2-5d1f-4c8a-9e2b-000000000001-S2"},
+          "state": "TASK_RUNNING"`, `"name": "kafka-1-broker",`+"\n"+`          "task_id": {"value": "kafka-1-broker__4a9d2c7e-1f3b-4e8a-b6d5-9c0e1f2a3b4c"},
+          "framework_id": {"value": "b7c9a3e2-5d1f-4c8a-9e2b-000000000001-0002"},
+          "agent_id": {"value": "b7c9a3e2-5d1f-4c8a-9e2b-000000000001-S2"},
+          "state": "TASK_KILLING"`, 1)), 0o644)
+	waitBackends(t, sink,
+		"broker.kafka.l4lb.thisdcos.directory:9092 198.19.0.11:1025 active",
+		"broker.kafka.l4lb.thisdcos.directory:9092 198.19.0.12:1025 draining",
+		"myservice.marathon.l4lb.thisdcos.directory:6666 198.19.0.11:31001 active")
+}
+
+// TestMesosFrameworkAfterItsTask: a task whose framework is not known yet
+// has a problem and no named VIP; FRAMEWORK_ADDED delivers that task again.
+func TestMesosFrameworkAfterItsTask(t *testing.T) {
+	master := mt.Start(nil)
+	defer master.Close()
+	gs := kafkaState()
+	gs.GetFrameworks = nil
+	master.SetState(gs)
+	_, sink := startMesos(t, master.URL, MesosOptions{})
+	eventually(t, "the first list", func() bool { r, _, _ := sink.snapshot(); return r == 1 })
+	master.Send(mt.Added(brokerTask("b0", agentA, 1025)))
+	eventually(t, "the task's problem", func() bool {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		g := sink.groups[Key(fwKafka+"/b0")]
+		return len(g.Problems) == 1 && strings.Contains(g.Problems[0].Error(), "framework fw-kafka is not known")
+	})
+	master.Send(mt.FrameworkAdded(fwKafka, "kafka"))
+	waitBackends(t, sink, b0+" active")
+}
