@@ -60,7 +60,6 @@ type agent struct {
 
 // task is a task that declares at least one VIP.
 type task struct {
-	name        string
 	agent       string
 	state       string
 	healthCheck bool
@@ -403,7 +402,7 @@ func (m *Model) updateTask(u *TaskUpdated) []TaskKey {
 // newTask keeps what VIPs need of a task, or returns nil when it declares
 // no VIP.
 func newTask(tk Task) *task {
-	t := &task{name: tk.Name, agent: tk.AgentID.Value, state: tk.State, healthCheck: tk.HealthCheck != nil, healthy: -1}
+	t := &task{agent: tk.AgentID.Value, state: tk.State, healthCheck: tk.HealthCheck != nil, healthy: -1}
 	if d := tk.Discovery; d != nil && d.Ports != nil {
 		for _, p := range d.Ports.Ports {
 			var pp port

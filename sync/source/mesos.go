@@ -194,6 +194,11 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (up time.
 	idle := time.AfterFunc(idleFor, func() { cancel(errIdle(idleFor)) })
 	defer idle.Stop()
 
+	// A fresh subscription answers every relist asked for until now.
+	select {
+	case <-m.relist:
+	default:
+	}
 	resp, at, err := m.post(ctx, []byte(`{"type":"SUBSCRIBE"}`))
 	if err != nil {
 		return 0, false, streamErr(ctx, at, err)
