@@ -1,7 +1,6 @@
 package vip
 
 import (
-	stdjson "encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -16,7 +15,7 @@ import (
 func randomApp(r *rand.Rand, id string) App {
 	app := App{ID: id}
 	if r.IntN(3) == 0 {
-		app.HealthChecks = make([]stdjson.RawMessage, 1+r.IntN(2))
+		app.HealthChecks = make([]HealthCheck, 1+r.IntN(2))
 	}
 	nports := 1 + r.IntN(2)
 	for p := 0; p < nports; p++ {
@@ -116,6 +115,7 @@ func TestIndexEqualsBuild(t *testing.T) {
 				t.Fatalf("seed %d step %d: change before %v after %v, want %v %v", seed, step, ch.Before, ch.After, b, a)
 			}
 			prev = got
+			prev.VIPs = slices.Clone(got.VIPs)
 		}
 	}
 }
@@ -159,7 +159,7 @@ func TestHealthMemory(t *testing.T) {
 		for _, ok := range results {
 			task.HealthCheckResults = append(task.HealthCheckResults, HealthCheckResult{Alive: ok})
 		}
-		return App{ID: "/a", HealthChecks: []stdjson.RawMessage{nil}, PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
+		return App{ID: "/a", HealthChecks: []HealthCheck{{}}, PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
 			Tasks: []Task{task}}
 	}
 	state := func(d []Decl) BackendState { return d[0].Backends[0].State }

@@ -22,8 +22,8 @@ const (
 	agentB  = "S2"
 )
 
-// recSink records what a source delivers.
-type recSink struct {
+// mesosSink records what a source delivers.
+type mesosSink struct {
 	mu       sync.Mutex
 	groups   map[Key]Group
 	replaces int
@@ -33,9 +33,9 @@ type recSink struct {
 	broken   []error // OnStreamError
 }
 
-func newRecSink() *recSink { return &recSink{groups: map[Key]Group{}} }
+func newMesosSink() *mesosSink { return &mesosSink{groups: map[Key]Group{}} }
 
-func (s *recSink) Replace(gs []Group) {
+func (s *mesosSink) Replace(gs []Group) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.replaces++
@@ -45,7 +45,7 @@ func (s *recSink) Replace(gs []Group) {
 	}
 }
 
-func (s *recSink) Update(changed []Group, gone []Key) {
+func (s *mesosSink) Update(changed []Group, gone []Key) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var keys []Key
@@ -60,7 +60,7 @@ func (s *recSink) Update(changed []Group, gone []Key) {
 	s.updates = append(s.updates, keys)
 }
 
-func (s *recSink) Stale(err error) {
+func (s *mesosSink) Stale(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err == nil {
@@ -71,7 +71,7 @@ func (s *recSink) Stale(err error) {
 }
 
 // backends lists "vip backend state" of every group, sorted.
-func (s *recSink) backends() string {
+func (s *mesosSink) backends() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var lines []string
@@ -86,13 +86,13 @@ func (s *recSink) backends() string {
 	return strings.Join(lines, "\n")
 }
 
-func (s *recSink) snapshot() (replaces int, updates [][]Key, stale int) {
+func (s *mesosSink) snapshot() (replaces int, updates [][]Key, stale int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.replaces, slices.Clone(s.updates), len(s.stale)
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -103,7 +103,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func waitBackends(t *testing.T, s *recSink, want ...string) {
+func waitBackends(t *testing.T, s *mesosSink, want ...string) {
 	t.Helper()
 	w := strings.Join(want, "\n")
 	deadline := time.Now().Add(10 * time.Second)
@@ -129,12 +129,12 @@ func kafkaState(tasks ...mesos.Task) mesos.GetState {
 }
 
 // startMesos runs a Mesos source against master until the test ends.
-func startMesos(t *testing.T, url string, opts MesosOptions) (*Mesos, *recSink) {
+func startMesos(t *testing.T, url string, opts MesosOptions) (*Mesos, *mesosSink) {
 	t.Helper()
 	if opts.BackoffMin == 0 {
 		opts.BackoffMin, opts.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 	}
-	sink := newRecSink()
+	sink := newMesosSink()
 	opts.OnStreamError = func(err error, _ time.Duration) {
 		sink.mu.Lock()
 		sink.broken = append(sink.broken, err)
@@ -257,7 +257,7 @@ func TestMesosGarbageRecordKeepsLastGoodState(t *testing.T) {
 	if err := master.WaitSubscribes(3, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "third Replace", func() bool { r, _, _ := sink.snapshot(); return r == 3 })
+	waitUntil(t, "third Replace", func() bool { r, _, _ := sink.snapshot(); return r == 3 })
 	waitBackends(t, sink, b0+" active", b1+" active")
 }
 
@@ -302,7 +302,7 @@ func TestMesosRecoveredAgentsPartialSnapshot(t *testing.T) {
 	if err := master.WaitSubscribes(2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "second Replace", func() bool { r, _, _ := sink.snapshot(); return r == 2 })
+	waitUntil(t, "second Replace", func() bool { r, _, _ := sink.snapshot(); return r == 2 })
 	waitBackends(t, sink, b0+" active", b1+" active") // b1 kept
 
 	// S2 re-registers without b1 (it died meanwhile): a fresh state is
@@ -355,7 +355,7 @@ func TestFileRunMesosState(t *testing.T) {
 	os.WriteFile(path, data, 0o644)
 	f := NewFile(path)
 	f.Poll = 10 * time.Millisecond
-	sink := newRecSink()
+	sink := newMesosSink()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx, vip.Config{}, sink) }()
@@ -402,9 +402,9 @@ func TestMesosFrameworkAfterItsTask(t *testing.T) {
 	gs.GetFrameworks = nil
 	master.SetState(gs)
 	_, sink := startMesos(t, master.URL, MesosOptions{})
-	eventually(t, "the first list", func() bool { r, _, _ := sink.snapshot(); return r == 1 })
+	waitUntil(t, "the first list", func() bool { r, _, _ := sink.snapshot(); return r == 1 })
 	master.Send(mt.Added(brokerTask("b0", agentA, 1025)))
-	eventually(t, "the task's problem", func() bool {
+	waitUntil(t, "the task's problem", func() bool {
 		sink.mu.Lock()
 		defer sink.mu.Unlock()
 		g := sink.groups[Key(fwKafka+"/b0")]
