@@ -26,6 +26,8 @@ const (
 	// DefaultMesosHeartbeat is the master's heartbeat interval until its
 	// SUBSCRIBED says otherwise (heartbeat_interval_seconds).
 	DefaultMesosHeartbeat = 15 * time.Second
+	// DefaultMesosRelistEvery: see MesosOptions.RelistEvery.
+	DefaultMesosRelistEvery = 15 * time.Minute
 	// mesosRelistEvery bounds how often an agent that re-registers after a
 	// failover makes the stream resubscribe.
 	mesosRelistEvery = 5 * time.Second
@@ -48,6 +50,12 @@ type MesosOptions struct {
 	BackoffMin, BackoffMax time.Duration
 	// MaxRecord bounds one record of the stream (mesos.DefaultMaxRecord).
 	MaxRecord int
+	// RelistEvery is the least time between a subscription and one that
+	// Relist (the pipeline's --resync) asks for: 15 minutes when zero. The
+	// operator API's stream is ordered and loses nothing while it is up
+	// (heartbeats tell when it is not), and a SUBSCRIBED is the whole
+	// cluster, so resubscribing on every resync would only load the masters.
+	RelistEvery time.Duration
 	// Model gives the domain and resolver that Load and Watch (the snapshot
 	// interface) build declarations with; Run takes them from its caller.
 	Model vip.Config
@@ -88,7 +96,7 @@ func NewMesos(rawURL string, opts MesosOptions) (*Mesos, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.RequestTimeout < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.MaxRecord < 0 {
+	if opts.RequestTimeout < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.MaxRecord < 0 || opts.RelistEvery < 0 {
 		return nil, fmt.Errorf("mesos %s: negative timeout, size or delay", u)
 	}
 	if opts.RequestTimeout == 0 {
@@ -106,6 +114,9 @@ func NewMesos(rawURL string, opts MesosOptions) (*Mesos, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.RelistEvery == 0 {
+		opts.RelistEvery = DefaultMesosRelistEvery
+	}
 	c, err := newAPIClient("mesos", u, apiAuth{
 		Username: opts.Username, Password: opts.Password,
 		TokenFile: opts.TokenFile, TokenScheme: opts.TokenScheme, CAFile: opts.CAFile,
@@ -121,8 +132,9 @@ func NewMesos(rawURL string, opts MesosOptions) (*Mesos, error) {
 
 func (m *Mesos) String() string { return "mesos:" + m.base.String() }
 
-// Relist asks Run for a fresh SUBSCRIBED (the pipeline's resync). It never
-// blocks; requests coalesce.
+// Relist asks Run for a fresh SUBSCRIBED (the pipeline's resync), unless
+// the current subscription is younger than RelistEvery. It never blocks;
+// requests coalesce.
 func (m *Mesos) Relist() {
 	select {
 	case m.relist <- struct{}{}:
@@ -252,7 +264,9 @@ func (m *Mesos) stream(ctx context.Context, cfg vip.Config, sink Sink) (up time.
 		case <-ctx.Done():
 			return time.Since(start), !first, streamErr(ctx, at, fmt.Errorf("POST %s: %w", at, context.Cause(ctx)))
 		case <-m.relist:
-			return time.Since(start), !first, errRelist
+			if time.Since(start) >= m.opts.RelistEvery {
+				return time.Since(start), !first, errRelist
+			}
 		case <-relistC:
 			return time.Since(start), !first, errRelist
 		case <-expiryC:

@@ -413,3 +413,25 @@ func TestMesosFrameworkAfterItsTask(t *testing.T) {
 	master.Send(mt.FrameworkAdded(fwKafka, "kafka"))
 	waitBackends(t, sink, b0+" active")
 }
+
+// TestMesosRelist: the pipeline's relist resubscribes only when the
+// subscription is older than RelistEvery.
+func TestMesosRelist(t *testing.T) {
+	master := mt.Start(nil)
+	defer master.Close()
+	master.SetState(kafkaState(brokerTask("b0", agentA, 1025)))
+	m, sink := startMesos(t, master.URL, MesosOptions{RelistEvery: 300 * time.Millisecond})
+	waitBackends(t, sink, b0+" active")
+	m.Relist() // too early: ignored
+	time.Sleep(100 * time.Millisecond)
+	if n := master.Subscribes(); n != 1 {
+		t.Errorf("%d subscriptions after an early relist, want 1", n)
+	}
+	master.SetState(kafkaState(brokerTask("b0", agentA, 1025), brokerTask("b1", agentB, 1026)))
+	time.Sleep(300 * time.Millisecond)
+	m.Relist()
+	if err := master.WaitSubscribes(2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitBackends(t, sink, b0+" active", b1+" active")
+}
