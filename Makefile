@@ -53,6 +53,7 @@ fmt:
 ## fuzz: a short run of the parser fuzzer
 fuzz:
 	$(GO) test ./vip -run '^$$' -fuzz FuzzDesired -fuzztime 60s
+	$(GO) test ./mesos -run '^$$' -fuzz FuzzStream -fuzztime 60s
 
 ## demo: the main job on the embedded example, in namespaces it removes
 demo: deps build

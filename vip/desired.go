@@ -145,6 +145,13 @@ func DeclareApp(app App, cfg Config, known Health) ([]Decl, []Problem, Health) {
 // kept. Desired is a pure function of its input (and of the resolver). It
 // knows no health history: tasks without health results are starting.
 func Desired(apps []App, cfg Config) (State, []Problem) {
+	return DesiredWith(apps, nil, cfg)
+}
+
+// DesiredWith is Desired with the declarations of other sources (the tasks
+// of a Mesos state) merged in: a VIP that an app and a declaration both
+// declare is one VIP with the union of their backends.
+func DesiredWith(apps []App, extra []Decl, cfg Config) (State, []Problem) {
 	cfg = cfg.withDefaults()
 	var problems []Problem
 	var decls []Decl
@@ -164,7 +171,7 @@ func Desired(apps []App, cfg Config) (State, []Problem) {
 		problems = append(problems, p...)
 		hosts = append(hosts, AppHosts(app, cfg.Resolver, len(d) > 0)...)
 	}
-	state, buildProblems := Build(decls, cfg, hosts...)
+	state, buildProblems := Build(append(decls, extra...), cfg, hosts...)
 	return state, sortProblems(append(problems, buildProblems...))
 }
 
@@ -221,7 +228,7 @@ func Build(decls []Decl, cfg Config, hosts ...Host) (State, []Problem) {
 // repeats (a task's problem shows up once per VIP port it backs).
 func sortProblems(ps []Problem) []Problem {
 	slices.SortFunc(ps, func(a, b Problem) int {
-		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Label, b.Label),
+		return cmp.Or(strings.Compare(a.App, b.App), strings.Compare(a.Framework, b.Framework), strings.Compare(a.Label, b.Label),
 			strings.Compare(a.Task, b.Task), strings.Compare(a.Reason, b.Reason))
 	})
 	return slices.Compact(ps)

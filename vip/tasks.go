@@ -330,6 +330,11 @@ func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTas
 	return out, problems
 }
 
+// HostAddr returns the address of a task's host (a Marathon task's host, a
+// Mesos agent's hostname): the literal, or the first IPv4 address the
+// resolver gives for a name (IPv6 when it has no IPv4).
+func HostAddr(host string, r Resolver) (netip.Addr, error) { return hostAddr(host, r) }
+
 // hostAddr returns a task host's address: the literal, or the first IPv4
 // address the resolver gives for a name (IPv6 when it has no IPv4).
 func hostAddr(host string, r Resolver) (netip.Addr, error) {

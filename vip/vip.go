@@ -145,10 +145,11 @@ type State struct {
 // Problem is something in the input that was skipped. It names the app and
 // the label or task, so an operator can find it.
 type Problem struct {
-	App    string `json:"app,omitempty"`
-	Label  string `json:"label,omitempty"`
-	Task   string `json:"task,omitempty"`
-	Reason string `json:"reason"`
+	App       string `json:"app,omitempty"`
+	Framework string `json:"framework,omitempty"` // a Mesos framework's name (its id while the name is unknown)
+	Label     string `json:"label,omitempty"`
+	Task      string `json:"task,omitempty"`
+	Reason    string `json:"reason"`
 	// Refused is the address of an IP VIP that the guard refused (see
 	// Guard), empty for other problems.
 	Refused string `json:"refused,omitempty"`
@@ -156,7 +157,12 @@ type Problem struct {
 
 func (p Problem) Error() string {
 	s := "app " + p.App
-	if p.App == "" {
+	switch {
+	case p.Framework != "" && p.App == "":
+		s = "framework " + p.Framework
+	case p.Framework != "":
+		s += " framework " + p.Framework
+	case p.App == "":
 		s = "input"
 	}
 	if p.Label != "" {

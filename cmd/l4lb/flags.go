@@ -88,11 +88,13 @@ type modelFlags struct {
 	table    string
 	zone     string
 	marathon source.MarathonOptions
+	mesos    source.MesosOptions
+	resolver vip.Resolver // agent and task host names, shared by every source
 }
 
 func (m *modelFlags) register(fs *flag.FlagSet) {
 	m.pool4, m.pool6 = vip.DefaultPool4, vip.DefaultPool6
-	fs.Var(&m.sources, "source", "where apps come from: file:PATH or marathon:URL (repeat to merge)")
+	fs.Var(&m.sources, "source", "where VIPs come from: file:PATH, marathon:URL or mesos:URL (repeat to merge)")
 	fs.Var(prefixFlag{&m.pool4}, "vip-pool", "IPv4 pool of named VIP addresses")
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
 	fs.Var(prefixListFlag{&m.ipRanges}, "ip-vip-ranges", "CIDR[,CIDR]: IP VIPs (labels with an address) must fall inside these ranges; recommended in production")
@@ -103,6 +105,9 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.marathon.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
 	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
 	fs.DurationVar(&m.marathon.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
+	fs.StringVar(&m.mesos.CAFile, "mesos-ca-file", "", "PEM file of the CAs that the Mesos master's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
+	fs.StringVar(&m.mesos.TokenFile, "mesos-token-file", "", "file holding an auth token for the Mesos master (re-read when it changes); basic auth goes in the URL")
+	fs.StringVar(&m.mesos.TokenScheme, "mesos-token-scheme", "", `how the token is sent to Mesos: "token" (the default) or "bearer"`)
 	fs.DurationVar(&m.marathon.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
 }
 
@@ -124,14 +129,17 @@ func (m *modelFlags) checkPoolsLocal(l *vip.LocalNets) error {
 }
 
 // parseSources turns --source specs into sources with the Marathon options.
-func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Source, error) {
+func (m *modelFlags) parseSources(onStream func(spec string, o *source.Options)) ([]source.Source, error) {
 	var out []source.Source
+	if m.resolver == nil {
+		m.resolver = &vip.CachingResolver{}
+	}
 	for _, spec := range m.sources {
-		o := m.marathon
+		o := source.Options{Marathon: m.marathon, Mesos: m.mesos, Model: vip.Config{Domain: m.zone, Resolver: m.resolver}}
 		if onStream != nil {
 			onStream(spec, &o)
 		}
-		s, err := source.ParseWith(spec, o)
+		s, err := source.ParseWithOptions(spec, o)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}

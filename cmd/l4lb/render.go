@@ -36,8 +36,8 @@ func cmdRender(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		fmt.Fprintf(stderr, "warning: %v; addresses are computed afresh\n", err)
 	}
-	state, problems := vip.Desired(snap.Apps, vip.Config{
-		Pool4: m.pool4, Pool6: m.pool6, Domain: m.zone, Previous: prev, Resolver: &vip.CachingResolver{},
+	state, problems := vip.DesiredWith(snap.Apps, snap.Decls, vip.Config{
+		Pool4: m.pool4, Pool6: m.pool6, Domain: m.zone, Previous: prev, Resolver: m.resolver,
 		// No kernel here: the agent's own networks are not checked.
 		Guard: m.guard(),
 	})

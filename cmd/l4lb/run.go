@@ -96,13 +96,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	sources, err := f.parseSources(func(spec string, o *source.MarathonOptions) {
-		o.OnStreamError = func(err error, retryIn time.Duration) {
+	sources, err := f.parseSources(func(spec string, o *source.Options) {
+		o.Marathon.OnStreamError = func(err error, retryIn time.Duration) {
 			log.Warn("marathon event stream lost", "source", spec, "err", err, "retryIn", retryIn)
 		}
-		o.OnStreamAttached = func() { log.Info("marathon event stream attached", "source", spec) }
-		o.MinInterval = f.minSync
-		o.OnAppError = func(appID string, err error) {
+		o.Marathon.OnStreamAttached = func() { log.Info("marathon event stream attached", "source", spec) }
+		o.Mesos.OnStreamError = func(err error, retryIn time.Duration) {
+			log.Warn("mesos subscription lost", "source", spec, "err", err, "retryIn", retryIn)
+		}
+		o.Mesos.OnSubscribed = func(tasks int) { log.Info("mesos subscribed", "source", spec, "vipTasks", tasks) }
+		o.Marathon.MinInterval = f.minSync
+		o.Marathon.OnAppError = func(appID string, err error) {
 			log.Warn("cannot read marathon app; keeping its last good state", "source", spec, "app", appID, "err", err)
 		}
 	})
@@ -162,7 +166,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Forward:   forward.New(),
 		Conntrack: conntrack.NewCleaner(ct, f.flushUnhealthy, ctMetrics),
 		Metrics:   reconcile.NewMetrics(reg),
-		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Domain: f.zone, Resolver: &vip.CachingResolver{}, Guard: guard},
+		Model:     vip.Config{Pool4: f.pool4, Pool6: f.pool6, Domain: f.zone, Resolver: f.resolver, Guard: guard},
 		Local:     nets,
 		DNS:       publisher,
 		DNSZone:   f.zone,

@@ -29,7 +29,7 @@ var (
 )
 
 // l4lbBinary builds the command once per test run.
-func l4lbBinary(t *testing.T) string {
+func l4lbBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "l4lb-bin")
@@ -59,7 +59,7 @@ type daemon struct {
 	done chan struct{}
 }
 
-func startDaemon(t *testing.T, ns *netns.NS, args ...string) *daemon {
+func startDaemon(t testing.TB, ns *netns.NS, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{ns: ns, api: "127.0.0.1:62080", log: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan struct{})}
 	d.cmd = ns.Cmd(context.Background(), l4lbBinary(t), append([]string{"run"}, args...)...)

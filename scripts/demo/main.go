@@ -1,8 +1,10 @@
 // Command demo runs l4lb on the DC/OS documentation's example app in
 // network namespaces it creates and removes: an agent, three backends
 // serving HTTP, l4lb programming the agent's nftables, and curl reaching
-// myservice.marathon.l4lb.thisdcos.directory:6666 by name. Nothing in the
-// root namespace changes. Run it with `make demo` (root).
+// myservice.marathon.l4lb.thisdcos.directory:6666 by name; and a Mesos
+// master with the Kafka service, whose brokers get
+// broker.kafka.l4lb.thisdcos.directory:9092 through the operator API. Nothing
+// in the root namespace changes. Run it with `make demo` (root).
 package main
 
 import (
@@ -21,9 +23,14 @@ import (
 	"time"
 
 	"github.com/l4lb/l4lb/internal/netns"
+	"github.com/l4lb/l4lb/mesos"
+	mt "github.com/l4lb/l4lb/mesos/mesostest"
 )
 
-const vipName = "myservice.marathon.l4lb.thisdcos.directory"
+const (
+	vipName   = "myservice.marathon.l4lb.thisdcos.directory"
+	kafkaName = "broker.kafka.l4lb.thisdcos.directory"
+)
 
 func main() {
 	bin := flag.String("l4lb", "bin/l4lb", "the l4lb binary")
@@ -98,6 +105,38 @@ func run(ctx context.Context, bin, appsFile string) error {
 		}
 	}
 
+	// Two Kafka brokers run on the first two backends (host network, port
+	// 9092), launched by a framework named kafka; the Mesos master (a fake
+	// that speaks the operator API) runs in the agent namespace.
+	var tasks []mesos.Task
+	var agents []mesos.Agent
+	for i, b := range topo.Backends[:2] {
+		ap := netip.AddrPortFrom(b.Addr4, 9092)
+		msg := fmt.Sprintf("hello from kafka-%d-broker on %s\n", i, ap)
+		var ln net.Listener
+		if err := b.Do(func() (err error) { ln, err = net.Listen("tcp", ap.String()); return err }); err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, msg) }),
+			ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		agentID := fmt.Sprintf("agent-%d", i+1)
+		agents = append(agents, mt.Agent(agentID, b.Addr4.String()))
+		tk := mt.Task("kafka-framework-0002", fmt.Sprintf("kafka-%d-broker__%d", i, i+1), agentID, "TASK_RUNNING",
+			mt.Port(9092, "tcp", "VIP_6e0f8a42-93d1-4d0b-8a5c-2f7b1e9c3d40", "broker:9092", "network-scope", "host"))
+		tk.Name = fmt.Sprintf("kafka-%d-broker", i)
+		tasks = append(tasks, tk)
+	}
+	var mln net.Listener
+	if err := agent.Do(func() (err error) { mln, err = net.Listen("tcp", "127.0.0.1:5050"); return err }); err != nil {
+		return err
+	}
+	master := mt.Start(mln)
+	defer master.Close()
+	master.SetHeartbeat(5 * time.Second)
+	master.SetState(mt.State(tasks, []mesos.Framework{mt.Framework("kafka-framework-0002", "kafka")}, agents))
+
 	dir, err := os.MkdirTemp("", "l4lb-demo")
 	if err != nil {
 		return err
@@ -122,7 +161,7 @@ func run(ctx context.Context, bin, appsFile string) error {
 	}
 
 	step("Starting l4lb in the agent namespace")
-	args := []string{"run", "--source", "file:" + appsPath, "--vip-pool", "198.18.0.0/16", "--vip-pool6", "fd00:198:18::/64",
+	args := []string{"run", "--source", "file:" + appsPath, "--source", "mesos:http://127.0.0.1:5050", "--vip-pool", "198.18.0.0/16", "--vip-pool6", "fd00:198:18::/64",
 		"--state-dir", filepath.Join(dir, "state"), "--dns-listen", "127.0.0.1:53"}
 	fmt.Printf("$ l4lb %s\n", strings.Join(args, " "))
 	daemon := agent.Cmd(ctx, abs, args...)
@@ -159,6 +198,16 @@ func run(ctx context.Context, bin, appsFile string) error {
 	step("curl by name, as the DC/OS documentation checks a VIP")
 	for range 6 {
 		if _, err := show(agent.NS, "curl", curl...); err != nil {
+			return err
+		}
+	}
+
+	step("The Kafka service's VIP, from the Mesos master's operator API (framework kafka, label VIP_<uuid>: broker:9092)")
+	if _, err := show(agent.NS, "dig", "+noall", "+answer", kafkaName); err != nil {
+		return err
+	}
+	for range 4 {
+		if _, err := show(agent.NS, "curl", "-sS", "--max-time", "2", "http://"+kafkaName+":9092/"); err != nil {
 			return err
 		}
 	}

@@ -13,10 +13,14 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// File is a JSON file of Marathon apps: what GET /v2/apps?embed=apps.tasks
-// returns, a single app, or an array of apps.
+// File is a JSON file of Marathon apps (what GET /v2/apps?embed=apps.tasks
+// returns, a single app, or an array of apps) or a Mesos state (what the
+// operator API's GET_STATE returns, or its SUBSCRIBED event).
 type File struct {
 	Path string
+	// Model gives the domain and resolver that the tasks of a Mesos state
+	// are read with.
+	Model vip.Config
 	// Poll is how often Watch looks at the file; 200ms when zero.
 	Poll time.Duration
 
@@ -35,6 +39,15 @@ func (f *File) Load(ctx context.Context) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("read apps: %w", err)
 	}
+	if isMesosState(data) {
+		snap, ok, err := mesosSnapshot(data, f.Model, time.Now())
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
+		}
+		if ok {
+			return snap, nil
+		}
+	}
 	apps, problems, err := vip.ParseApps(data)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
@@ -52,6 +65,9 @@ func (f *File) Relist() { f.relist.Store(true) }
 // parsed is reported with Stale and the last good list is kept.
 func (f *File) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 	groups := newAppGroups(cfg)
+	if f.Model.Domain == "" && f.Model.Resolver == nil {
+		f.Model = cfg // the tasks of a Mesos state
+	}
 	poll := f.Poll
 	if poll == 0 {
 		poll = 200 * time.Millisecond
@@ -69,7 +85,11 @@ func (f *File) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 				sink.Stale(err)
 				stale = true
 			default:
-				sink.Replace(groups.list(snap.Apps, snap.Problems))
+				problems := snap.Problems
+				if snap.Groups != nil {
+					problems = nil // a Mesos state's are in its groups
+				}
+				sink.Replace(append(groups.list(snap.Apps, problems), snap.Groups...))
 				if stale {
 					stale = false
 					sink.Stale(nil)

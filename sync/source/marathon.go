@@ -3,23 +3,16 @@ package source
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/l4lb/l4lb/vip"
@@ -145,11 +138,9 @@ type MarathonOptions struct {
 // Marathon reads apps and tasks from Marathon's REST API and follows its
 // event stream.
 type Marathon struct {
-	base   *url.URL // without user information, query or trailing slash
-	opts   MarathonOptions
-	client *http.Client
-	token  *tokenFile // nil without a token file
-	auth   string     // "token=" or "Bearer "
+	*apiClient          // credentials and TLS
+	base       *url.URL // without user information, query or trailing slash
+	opts       MarathonOptions
 
 	healthyAfter time.Duration // streamHealthyFor; shorter in tests
 
@@ -160,48 +151,11 @@ type Marathon struct {
 // NewMarathon returns the source for Marathon at rawURL (http or https, with
 // an optional path prefix such as https://dcos.example/service/marathon).
 func NewMarathon(rawURL string, opts MarathonOptions) (*Marathon, error) {
-	u, err := url.Parse(rawURL)
+	u, err := parseAPIURL("marathon", rawURL, &opts.Username, &opts.Password)
 	if err != nil {
-		// url.Error repeats the URL, password included: keep only its reason.
-		return nil, fmt.Errorf("marathon url: %w", unwrapURLError(err))
+		return nil, err
 	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("marathon url %s: scheme must be http or https", u.Redacted())
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("marathon url %s: no host", u.Redacted())
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("marathon url %s: no query or fragment allowed", u.Redacted())
-	}
-	if u.User != nil {
-		if opts.Username != "" || opts.Password != "" {
-			return nil, fmt.Errorf("marathon url %s: credentials both in the url and in the options", u.Redacted())
-		}
-		opts.Username = u.User.Username()
-		opts.Password, _ = u.User.Password()
-		u.User = nil
-	}
-	u.Path = strings.TrimRight(u.Path, "/")
-	u.RawPath = ""
-
 	m := &Marathon{base: u, healthyAfter: streamHealthyFor, lw: newLWState()}
-	if opts.TokenFile != "" {
-		if opts.Username != "" || opts.Password != "" {
-			return nil, fmt.Errorf("marathon %s: both basic authentication and a token file: choose one", u)
-		}
-		m.token = &tokenFile{path: opts.TokenFile}
-		switch strings.ToLower(opts.TokenScheme) {
-		case "", "token":
-			m.auth = "token="
-		case "bearer":
-			m.auth = "Bearer "
-		default:
-			return nil, fmt.Errorf("marathon %s: token scheme %q: want token or bearer", u, opts.TokenScheme)
-		}
-	} else if opts.TokenScheme != "" {
-		return nil, fmt.Errorf("marathon %s: a token scheme without a token file", u)
-	}
 	if opts.RequestTimeout < 0 || opts.MaxBody < 0 || opts.IdleTimeout < 0 || opts.ReconnectMin < 0 || opts.ReconnectMax < 0 {
 		return nil, fmt.Errorf("marathon %s: negative timeout, size or delay", u)
 	}
@@ -226,35 +180,14 @@ func NewMarathon(rawURL string, opts MarathonOptions) (*Marathon, error) {
 	if opts.ReconnectMax < opts.ReconnectMin {
 		return nil, fmt.Errorf("marathon %s: reconnect max %s below min %s", u, opts.ReconnectMax, opts.ReconnectMin)
 	}
-
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if opts.CAFile != "" {
-		pem, err := os.ReadFile(opts.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("marathon %s: ca file: %w", u, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("marathon %s: ca file %s: no PEM certificate in it", u, opts.CAFile)
-		}
-		tlsConf.RootCAs = pool
+	m.apiClient, err = newAPIClient("marathon", u, apiAuth{
+		Username: opts.Username, Password: opts.Password,
+		TokenFile: opts.TokenFile, TokenScheme: opts.TokenScheme, CAFile: opts.CAFile,
+	}, opts.RequestTimeout)
+	if err != nil {
+		return nil, err
 	}
 	m.opts = opts
-	m.client = &http.Client{
-		Transport: &http.Transport{
-			Proxy:                  http.ProxyFromEnvironment,
-			DialContext:            (&net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}).DialContext,
-			TLSClientConfig:        tlsConf,
-			TLSHandshakeTimeout:    tlsTimeout,
-			ResponseHeaderTimeout:  opts.RequestTimeout,
-			MaxIdleConnsPerHost:    2,
-			IdleConnTimeout:        90 * time.Second,
-			MaxResponseHeaderBytes: 1 << 20,
-		},
-		// Redirects are followed by get, which keeps the credentials for
-		// the leader and refuses to downgrade https to http.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
 	return m, nil
 }
 
@@ -535,21 +468,6 @@ func (m *Marathon) get(ctx context.Context, path string, query url.Values, accep
 	}
 }
 
-// authorize adds the configured credentials to req.
-func (m *Marathon) authorize(req *http.Request) error {
-	switch {
-	case m.token != nil:
-		tok, err := m.token.get()
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", m.auth+tok)
-	case m.opts.Username != "" || m.opts.Password != "":
-		req.SetBasicAuth(m.opts.Username, m.opts.Password)
-	}
-	return nil
-}
-
 // checkResponse accepts a 2xx response of the wanted media type.
 func checkResponse(resp *http.Response, want string) error {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
@@ -592,59 +510,4 @@ func unwrapURLError(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// tokenFile caches a token read from a file, reading it again when the
-// file's stat changes or after invalidate.
-type tokenFile struct {
-	path string
-
-	mu    sync.Mutex
-	stamp string
-	token string
-}
-
-func (t *tokenFile) get() (string, error) {
-	fi, err := os.Stat(t.path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	stamp := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		stamp = fmt.Sprint(st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if stamp == t.stamp && t.token != "" {
-		return t.token, nil
-	}
-	f, err := os.Open(t.path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("token file %s: %w", t.path, err)
-	}
-	if len(data) > maxTokenFile {
-		return "", fmt.Errorf("token file %s: larger than %d bytes", t.path, maxTokenFile)
-	}
-	tok := strings.TrimSpace(string(data))
-	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty", t.path)
-	}
-	for _, c := range []byte(tok) {
-		if c < 0x21 || c > 0x7e {
-			return "", fmt.Errorf("token file %s: the token has a space or a character outside printable ASCII", t.path)
-		}
-	}
-	t.stamp, t.token = stamp, tok
-	return tok, nil
-}
-
-func (t *tokenFile) invalidate() {
-	t.mu.Lock()
-	t.stamp = ""
-	t.mu.Unlock()
 }
