@@ -334,8 +334,13 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 		return srcErr
 	}
 
+	// The compiled ruleset and the zone are kept up to date per change
+	// (and tested to equal a full compile): a resync reads the kernel back
+	// against them without compiling everything again. Only a start or a
+	// failure compiles from scratch.
+	fresh := full && !r.synced
 	var rs *nat.Ruleset
-	if full {
+	if fresh {
 		rs = r.compiler.Full(state)
 	} else {
 		rs = r.compiler.Update(state, ch)
@@ -343,7 +348,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	// Withdraw the names that are going before their rules go.
 	var zone, pre *dns.Zone
 	if r.cfg.DNS != nil {
-		if full || r.published == nil {
+		if fresh || r.published == nil {
 			zone = dns.Records(state, r.cfg.DNSZone)
 			if r.published != nil {
 				pre = r.published.Intersect(zone)
