@@ -42,7 +42,8 @@ type Options struct {
 	// a resync (or the initial run, or a retry) instead of from any run, so
 	// that resyncs stay periodic under a constant stream of triggers (for a
 	// function whose triggered runs are partial and whose resyncs are
-	// full).
+	// full); and a resync alone does not delay the next triggered run by
+	// MinInterval.
 	ResyncEvery bool
 	// Jitter, between 0 and 1, shortens every retry delay and resync period
 	// by a random fraction of up to Jitter, so that agents that failed
@@ -187,7 +188,11 @@ func (r *Runner) Run(ctx context.Context) error {
 			reason |= Resync // due, even if triggers kept it from being chosen
 		}
 
-		lastStart = time.Now()
+		if !r.opts.ResyncEvery || reason != Resync {
+			// With ResyncEvery, MinInterval bounds the triggered runs: a
+			// periodic resync does not make the next trigger wait.
+			lastStart = time.Now()
+		}
 		err := r.fn(ctx, reason)
 		end := time.Now()
 		if ctx.Err() != nil {
