@@ -77,8 +77,8 @@ type group struct {
 	spec     Spec
 	proto    Proto
 	apps     map[string]bool
-	backends []Backend // deduplicated and sorted by dedupe
-	labels   []string  // app/label pairs, for problems
+	backends []Backend  // deduplicated and sorted by dedupe
+	labels   []string   // app/label pairs, for problems
 	pin4     netip.Addr // pinned addresses of a named VIP (Decl.Addr)
 	pin6     netip.Addr
 }
