@@ -1,0 +1,72 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/l4lb/l4lb/vip"
+)
+
+// DefaultPageSize is the number of keys one list request reads.
+const DefaultPageSize = 1000
+
+// List reads every key under prefix, page by page, all at the revision of
+// the first page, so that the pages are one consistent snapshot. It returns
+// the key-values in key order and that revision; a watch from rev+1 then
+// misses nothing. A compacted revision between pages is an error (the
+// caller lists again).
+func List(ctx context.Context, kv clientv3.KV, prefix string, pageSize int) ([]*mvccpb.KeyValue, int64, error) {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var out []*mvccpb.KeyValue
+	var rev int64
+	key := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(pageSize))}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := kv.Get(ctx, key, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		out = append(out, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// Desired is every key the controller keeps under the layout for a state:
+// the config, one allocation per named VIP, one value per VIP.
+func (l Layout) Desired(c Config, s vip.State) map[string]string {
+	out := make(map[string]string, len(s.VIPs)+len(s.Allocations.V4)+1)
+	out[l.Config()] = string(EncodeConfig(c))
+	allocs := Allocs(s.Allocations)
+	for _, name := range slices.Sorted(maps.Keys(allocs)) {
+		out[l.Alloc(name)] = string(EncodeAlloc(allocs[name]))
+	}
+	for _, v := range s.VIPs {
+		out[l.VIPKey(v.Key())] = string(EncodeVIP(v))
+	}
+	return out
+}
+
+// Managed reports whether the controller owns key: config, allocations,
+// VIPs; not the election.
+func (l Layout) Managed(key string) bool {
+	return key == l.Config() || hasPrefix(key, l.Allocs()) || hasPrefix(key, l.VIPs())
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
