@@ -169,6 +169,7 @@ func TestWriterGuard(t *testing.T) {
 
 type instance struct {
 	c      *controller.Controller
+	link   *etcdtest.Link
 	cli    *clientv3.Client
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -176,7 +177,8 @@ type instance struct {
 
 func startController(t *testing.T, srv *etcdtest.Server, name, appsFile string, ttl time.Duration) *instance {
 	t.Helper()
-	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{srv.Endpoint()}, Dial: srv.Dial})
+	link := srv.Link()
+	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{srv.Endpoint()}, Dial: link.Dial})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +191,7 @@ func startController(t *testing.T, srv *etcdtest.Server, name, appsFile string, 
 		Runner:  runner.Options{BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	in := &instance{c: c, cli: cli, cancel: cancel, done: make(chan struct{})}
+	in := &instance{c: c, link: link, cli: cli, cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(in.done); c.Run(ctx) }()
 	t.Cleanup(in.stop)
 	return in
@@ -226,10 +228,10 @@ func TestTwoControllersFailover(t *testing.T) {
 		t.Fatal("two leaders")
 	}
 
-	// kill -9 of the leader: its connection goes, its lease stays until
+	// kill -9 of the leader: its connections go, its lease stays until
 	// the TTL runs out.
 	killed := time.Now()
-	a.cli.Close()
+	a.link.Cut()
 	took := waitFor(t, "b leads", 2*ttl+time.Second, func() bool { return b.c.Status().Leader })
 	t.Logf("the other controller leads %s after the leader died (ttl %s)", took, ttl)
 	if since := time.Since(killed); since > 2*ttl {

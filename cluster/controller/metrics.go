@@ -48,4 +48,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 }
 
 // TxnsForTest returns the counter of transactions with a result.
-func (m *Metrics) TxnsForTest(result string) prometheus.Counter { return m.txns.WithLabelValues(result) }
+func (m *Metrics) TxnsForTest(result string) prometheus.Counter {
+	return m.txns.WithLabelValues(result)
+}

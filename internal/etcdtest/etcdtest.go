@@ -213,3 +213,58 @@ func Dialer(ns *netns.NS) func(ctx context.Context, addr string) (net.Conn, erro
 		return conn, err
 	}
 }
+
+// Link is a cuttable path to the server for one client: Cut closes every
+// connection it opened and refuses new ones (a partition, or a client
+// killed without a word); Heal lets dials through again.
+type Link struct {
+	dial  func(ctx context.Context, addr string) (net.Conn, error)
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]bool
+}
+
+// Link returns a new cuttable path to the server.
+func (s *Server) Link() *Link {
+	return &Link{dial: s.Dial, conns: map[net.Conn]bool{}}
+}
+
+// Dial is the client's dialer.
+func (l *Link) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	l.mu.Lock()
+	cut := l.cut
+	l.mu.Unlock()
+	if cut {
+		return nil, fmt.Errorf("dial %s: link cut by the test", addr)
+	}
+	c, err := l.dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cut {
+		c.Close()
+		return nil, fmt.Errorf("dial %s: link cut by the test", addr)
+	}
+	l.conns[c] = true
+	return c, nil
+}
+
+// Cut closes the link's connections and refuses new ones.
+func (l *Link) Cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = true
+	for c := range l.conns {
+		c.Close()
+	}
+	clear(l.conns)
+}
+
+// Heal lets the client dial again.
+func (l *Link) Heal() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = false
+}
