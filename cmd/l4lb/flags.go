@@ -68,11 +68,16 @@ func (m *modelFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
 	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
 	fs.StringVar(&m.zone, "dns-zone", vip.DefaultDomain, "DNS zone of named VIPs: NAME.marathon.ZONE")
-	fs.StringVar(&m.marathon.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
-	fs.StringVar(&m.marathon.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
-	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
-	fs.DurationVar(&m.marathon.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
-	fs.DurationVar(&m.marathon.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
+	registerMarathon(fs, &m.marathon)
+}
+
+// registerMarathon registers the options of marathon:URL sources.
+func registerMarathon(fs *flag.FlagSet, o *source.MarathonOptions) {
+	fs.StringVar(&o.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
+	fs.StringVar(&o.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
+	fs.StringVar(&o.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
+	fs.DurationVar(&o.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
+	fs.DurationVar(&o.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
 }
 
 // parseSources turns --source specs into sources with the Marathon options.

@@ -20,6 +20,7 @@ Usage:
   l4lb render --source SPEC [flags]                    print the ruleset run would apply
   l4lb vips [--api ADDR] [--json]                      VIPs, backends and states of a running daemon
   l4lb cleanup [--table NAME]                          remove the table, routes and iptables rules
+  l4lb controller --source SPEC --etcd URL[,URL]       cluster mode: the elected writer of VIPs to etcd
 
 Sources: file:PATH (a JSON file of Marathon apps), marathon:URL.
 Every flag also reads the environment variable L4LB_<FLAG> (dashes as underscores).
@@ -60,6 +61,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return cmdVIPs(ctx, rest, stdout, stderr)
 	case "cleanup":
 		return cmdCleanup(ctx, rest, stdout, stderr)
+	case "controller":
+		return cmdController(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
