@@ -138,6 +138,27 @@ func (c *Cleaner) Applied(ctx context.Context, s vip.State) (Result, error) {
 	return c.pass(ctx, s)
 }
 
+// Changed is Applied when the caller knows what changed: before lists the
+// VIPs that changed or went, as they were; s is the state now. Its cost is
+// that of the change, not of the state.
+func (c *Cleaner) Changed(ctx context.Context, s vip.State, before []vip.VIP) (Result, error) {
+	if !c.started {
+		return c.Applied(ctx, s)
+	}
+	sus, former := LostIn(before, s, c.flush)
+	for _, a := range sus {
+		c.suspects[a] = true
+	}
+	for _, a := range former {
+		c.former[a] = true
+	}
+	c.prev = s
+	if !c.full && len(c.suspects) == 0 {
+		return Result{}, nil
+	}
+	return c.pass(ctx, s)
+}
+
 // Reconcile runs a full pass against s now, whatever changed: for the
 // periodic resync, which also catches a flow that was DNATed to a removed
 // backend while its ruleset change was being applied.

@@ -33,23 +33,36 @@ type pair struct {
 	backend netip.AddrPort
 }
 
-// keptPairs lists the backends of each VIP that keep their flows.
-func keptPairs(s vip.State, flushUnhealthy bool) map[pair]bool {
-	out := map[pair]bool{}
-	for _, v := range s.VIPs {
-		for _, b := range v.Backends {
-			if keeps(b.State, flushUnhealthy) {
-				out[pair{v.Key(), b.AddrPort()}] = true
-			}
+// findVIP returns the VIP of key k in a state (VIPs sorted by key).
+func lookupVIP(s vip.State, k vip.Key) (vip.VIP, bool) {
+	i, ok := slices.BinarySearchFunc(s.VIPs, k, func(v vip.VIP, k vip.Key) int { return v.Key().Compare(k) })
+	if !ok {
+		return vip.VIP{}, false
+	}
+	return s.VIPs[i], true
+}
+
+// kept reports whether the VIP keeps the flows of backend be.
+func kept(v vip.VIP, be netip.AddrPort, flushUnhealthy bool) bool {
+	for _, b := range v.Backends {
+		if b.AddrPort() == be && keeps(b.State, flushUnhealthy) {
+			return true
 		}
 	}
-	return out
+	return false
+}
+
+// hasAddr reports whether some VIP of the state has address a.
+func hasAddr(s vip.State, a netip.Addr) bool {
+	i, _ := slices.BinarySearchFunc(s.VIPs, vip.Key{Addr: a}, func(v vip.VIP, k vip.Key) int { return v.Key().Compare(k) })
+	return i < len(s.VIPs) && s.VIPs[i].Addr == a
 }
 
 // keeps reports whether a backend in state st keeps its established flows.
+// A starting backend never had traffic: there is nothing to flush.
 func keeps(st vip.BackendState, flushUnhealthy bool) bool {
 	switch st {
-	case vip.Active, vip.Draining:
+	case vip.Active, vip.Draining, vip.Starting:
 		return true
 	case vip.Unhealthy:
 		return !flushUnhealthy
@@ -57,30 +70,27 @@ func keeps(st vip.BackendState, flushUnhealthy bool) bool {
 	return false
 }
 
-// owner answers whether a destination address is l4lb's.
+// owner answers whether a destination address is l4lb's: in the pools, an
+// address of the state's VIPs (looked up, so that a pass costs what its
+// flows cost, not what the state holds), or a former VIP.
 type owner struct {
-	pool4, pool6 netip.Prefix
-	addrs        map[netip.Addr]bool
+	s      vip.State
+	former map[netip.Addr]bool
 }
 
 func newOwner(s vip.State, former []netip.Addr) owner {
-	o := owner{pool4: s.Pool4, pool6: s.Pool6, addrs: make(map[netip.Addr]bool, len(former))}
-	for _, v := range s.VIPs {
-		if !o.inPools(v.Addr) {
-			o.addrs[v.Addr] = true
-		}
-	}
+	o := owner{s: s, former: make(map[netip.Addr]bool, len(former))}
 	for _, a := range former {
-		o.addrs[a] = true
+		o.former[a] = true
 	}
 	return o
 }
 
 func (o owner) inPools(a netip.Addr) bool {
-	return (o.pool4.IsValid() && o.pool4.Contains(a)) || (o.pool6.IsValid() && o.pool6.Contains(a))
+	return (o.s.Pool4.IsValid() && o.s.Pool4.Contains(a)) || (o.s.Pool6.IsValid() && o.s.Pool6.Contains(a))
 }
 
-func (o owner) owns(a netip.Addr) bool { return o.inPools(a) || o.addrs[a] }
+func (o owner) owns(a netip.Addr) bool { return o.inPools(a) || o.former[a] || hasAddr(o.s, a) }
 
 // Stale returns the flows to delete: flows that l4lb DNATed (their original
 // destination is one of its addresses and their reply comes from elsewhere)
@@ -88,10 +98,10 @@ func (o owner) owns(a netip.Addr) bool { return o.inPools(a) || o.addrs[a] }
 // gone or their backend is not an active or draining backend of that VIP
 // (nor an unhealthy one, when FlushUnhealthy is off). Flows that are not to
 // an l4lb address are never returned. Stale is pure; the result keeps the
-// order of flows.
+// order of flows. Its cost grows with the flows, and only with the log of
+// the state's size.
 func Stale(flows []Flow, s vip.State, opts Options) []Flow {
 	o := newOwner(s, opts.FormerVIPs)
-	keep := keptPairs(s, opts.FlushUnhealthy)
 	var suspects map[netip.Addr]bool
 	if len(opts.Suspects) > 0 {
 		suspects = make(map[netip.Addr]bool, len(opts.Suspects))
@@ -108,7 +118,7 @@ func Stale(flows []Flow, s vip.State, opts Options) []Flow {
 			continue
 		}
 		k := vip.Key{Addr: f.OrigDst.Addr(), Proto: f.Proto, Port: f.OrigDst.Port()}
-		if keep[pair{k, f.ReplySrc}] {
+		if v, ok := lookupVIP(s, k); ok && kept(v, f.ReplySrc, opts.FlushUnhealthy) {
 			continue
 		}
 		out = append(out, f)
@@ -123,18 +133,24 @@ func Stale(flows []Flow, s vip.State, opts Options) []Flow {
 // Both are sorted. A Cleanup with these as Suspects and FormerVIPs finds
 // every flow the change made stale, looking only at those backends' flows.
 func Lost(prev, cur vip.State, flushUnhealthy bool) (suspects, former []netip.Addr) {
-	now := keptPairs(cur, flushUnhealthy)
+	return LostIn(prev.VIPs, cur, flushUnhealthy)
+}
+
+// LostIn is Lost when only some VIPs changed: before lists them as they
+// were (the others are the same in cur), so the cost is that of the change.
+func LostIn(before []vip.VIP, cur vip.State, flushUnhealthy bool) (suspects, former []netip.Addr) {
 	sus := map[netip.Addr]bool{}
-	for _, v := range prev.VIPs {
+	for _, v := range before {
+		now, ok := lookupVIP(cur, v.Key())
 		for _, b := range v.Backends {
-			if keeps(b.State, flushUnhealthy) && !now[pair{v.Key(), b.AddrPort()}] {
+			if keeps(b.State, flushUnhealthy) && (!ok || !kept(now, b.AddrPort(), flushUnhealthy)) {
 				sus[b.Addr] = true
 			}
 		}
 	}
 	o := newOwner(cur, nil)
 	gone := map[netip.Addr]bool{}
-	for _, v := range prev.VIPs {
+	for _, v := range before {
 		if !o.owns(v.Addr) {
 			gone[v.Addr] = true
 		}

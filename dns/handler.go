@@ -168,7 +168,7 @@ func (h *Handler) serve(w mdns.ResponseWriter, r *mdns.Msg) (qtype uint16, rcode
 	m.SetReply(r)
 	m.Authoritative = true
 	m.RecursionAvailable = h.ra
-	n := snap.zone.nodes[name]
+	n := snap.zone.node(name)
 	switch {
 	case name == h.origin:
 		switch q.Qtype {

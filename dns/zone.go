@@ -33,6 +33,110 @@ type Zone struct {
 	nodes  map[string]*node // lower-case FQDN -> node; empty non-terminals have a node without addresses
 	count  int              // A and AAAA records
 	serial uint32
+	// over holds the names a Patch changed since nodes was built (a nil
+	// node: removed), so that a change costs what it changes; nodes is
+	// shared between versions and never written after build.
+	over map[string]*node
+}
+
+// node returns the node of a canonical name, nil when it does not exist.
+func (z *Zone) node(name string) *node {
+	if n, ok := z.over[name]; ok {
+		return n
+	}
+	return z.nodes[name]
+}
+
+// each calls fn for every node of the zone.
+func (z *Zone) each(fn func(name string, n *node)) {
+	for name, n := range z.over {
+		if n != nil {
+			fn(name, n)
+		}
+	}
+	for name, n := range z.nodes {
+		if _, ok := z.over[name]; !ok {
+			fn(name, n)
+		}
+	}
+}
+
+// Patch returns the zone with the addresses of the given names (canonical
+// or not) replaced: an empty list removes the name. Names outside the zone
+// or invalid are ignored, as Records does. The cost is that of the names
+// given: the new zone shares z's records and keeps the changes apart until
+// they grow to an eighth of the zone, when they are merged. A removed name
+// may leave its parent as an empty non-terminal until then.
+func (z *Zone) Patch(names map[string][]netip.Addr) *Zone {
+	if len(names) == 0 {
+		return z
+	}
+	nz := &Zone{origin: z.origin, nodes: z.nodes, count: z.count, serial: z.serial + 1,
+		over: make(map[string]*node, len(z.over)+len(names))}
+	for k, v := range z.over {
+		nz.over[k] = v
+	}
+	for raw, addrs := range names {
+		name := fqdn(raw)
+		if !inZone(name, z.origin) || name == z.origin {
+			continue
+		}
+		if _, ok := mdns.IsDomainName(name); !ok {
+			continue
+		}
+		if old := nz.node(name); old != nil {
+			nz.count -= len(old.a) + len(old.aaaa)
+		}
+		n := newNode(name, addrs)
+		if n == nil {
+			if old := nz.node(name); old != nil && len(old.a)+len(old.aaaa) > 0 {
+				nz.over[name] = nil
+			}
+			continue
+		}
+		nz.count += len(n.a) + len(n.aaaa)
+		nz.over[name] = n
+		for p := parent(name); p != "" && p != z.origin && inZone(p, z.origin); p = parent(p) {
+			if nz.node(p) == nil {
+				nz.over[p] = &node{}
+			}
+		}
+	}
+	if len(nz.over) > 64 && len(nz.over) > len(nz.nodes)/8 {
+		addrs := map[string][]netip.Addr{}
+		nz.each(func(name string, n *node) {
+			if len(n.a)+len(n.aaaa) > 0 {
+				addrs[name] = append(slices.Clone(n.a), n.aaaa...)
+			}
+		})
+		serial := nz.serial
+		nz = build(z.origin, addrs)
+		nz.serial = serial
+	}
+	return nz
+}
+
+// newNode makes the node of a name with addresses; nil without any.
+func newNode(name string, as []netip.Addr) *node {
+	n := &node{}
+	as = slices.Clone(as)
+	slices.SortFunc(as, netip.Addr.Compare)
+	for _, a := range slices.Compact(as) {
+		a = a.Unmap()
+		if a.Is4() {
+			n.a = append(n.a, a)
+			n.rrA = append(n.rrA, newA(name, a))
+		} else {
+			n.aaaa = append(n.aaaa, a)
+			n.rrAAAA = append(n.rrAAAA, newAAAA(name, a))
+		}
+	}
+	if len(n.a)+len(n.aaaa) == 0 {
+		return nil
+	}
+	// Answers share these slices: clipped, an append to them copies.
+	n.rrA, n.rrAAAA = slices.Clip(n.rrA), slices.Clip(n.rrAAAA)
+	return n
 }
 
 // node holds the records of one name. The resource records are built once,
@@ -95,23 +199,10 @@ func Records(s vip.State, zone string) *Zone {
 func build(origin string, addrs map[string][]netip.Addr) *Zone {
 	z := &Zone{origin: origin, nodes: map[string]*node{origin: {}}}
 	for name, as := range addrs {
-		n := &node{}
-		as = slices.Clone(as)
-		slices.SortFunc(as, netip.Addr.Compare)
-		for _, a := range slices.Compact(as) {
-			if a.Is4() {
-				n.a = append(n.a, a)
-				n.rrA = append(n.rrA, newA(name, a))
-			} else {
-				n.aaaa = append(n.aaaa, a)
-				n.rrAAAA = append(n.rrAAAA, newAAAA(name, a))
-			}
-		}
-		if len(n.a)+len(n.aaaa) == 0 {
+		n := newNode(name, as)
+		if n == nil {
 			continue
 		}
-		// Answers share these slices: clipped, an append to them copies.
-		n.rrA, n.rrAAAA = slices.Clip(n.rrA), slices.Clip(n.rrAAAA)
 		z.count += len(n.a) + len(n.aaaa)
 		z.nodes[name] = n
 	}
@@ -146,7 +237,7 @@ func (z *Zone) hash() uint32 {
 	h := fnv.New32a()
 	for _, name := range z.Names() {
 		h.Write([]byte(name))
-		n := z.nodes[name]
+		n := z.node(name)
 		for _, a := range append(slices.Clone(n.a), n.aaaa...) {
 			b, _ := a.MarshalBinary()
 			h.Write(b)
@@ -179,17 +270,17 @@ func (z *Zone) Intersect(o *Zone) *Zone {
 	}
 	addrs := map[string][]netip.Addr{}
 	if o != nil {
-		for name, n := range z.nodes {
-			m := o.nodes[name]
+		z.each(func(name string, n *node) {
+			m := o.node(name)
 			if m == nil {
-				continue
+				return
 			}
 			for _, a := range append(slices.Clone(n.a), n.aaaa...) {
 				if slices.Contains(m.a, a) || slices.Contains(m.aaaa, a) {
 					addrs[name] = append(addrs[name], a)
 				}
 			}
-		}
+		})
 	}
 	return build(z.origin, addrs)
 }
@@ -211,11 +302,11 @@ func (z *Zone) Serial() uint32 { return z.serial }
 // Names returns the names that have addresses, sorted.
 func (z *Zone) Names() []string {
 	var out []string
-	for name, n := range z.nodes {
+	z.each(func(name string, n *node) {
 		if len(n.a)+len(n.aaaa) > 0 {
 			out = append(out, name)
 		}
-	}
+	})
 	slices.Sort(out)
 	return out
 }
@@ -223,7 +314,7 @@ func (z *Zone) Names() []string {
 // Lookup returns the IPv4 and IPv6 addresses of a name (any case, with or
 // without the trailing dot); ok is false when the name has no address.
 func (z *Zone) Lookup(name string) (v4, v6 []netip.Addr, ok bool) {
-	n := z.nodes[fqdn(name)]
+	n := z.node(fqdn(name))
 	if n == nil || len(n.a)+len(n.aaaa) == 0 {
 		return nil, nil, false
 	}

@@ -12,6 +12,7 @@ type Fake struct {
 	mu      sync.Mutex
 	obs     *observed
 	current *Ruleset
+	gen     uint64 // generation of current, for deltas
 	applies int
 	// Err, when set, is returned by the next Apply (and cleared).
 	Err error
@@ -29,7 +30,13 @@ func (f *Fake) Apply(ctx context.Context, r *Ruleset, full bool) (Result, error)
 		f.Err = nil
 		return Result{}, err
 	}
-	p := makePlan(f.obs, r)
+	var p *plan
+	if !full && r.delta != nil && r.delta.base == f.gen && f.gen != 0 {
+		p = makeDeltaPlan(f.obs, r)
+	} else {
+		p = makePlan(f.obs, r)
+	}
+	f.gen = r.gen
 	res := Result{ReadBack: full, Rebuilt: p.rebuild, Elements: p.elements(),
 		Chains: len(p.newChains) + len(p.fixChains) + len(p.dropChains)}
 	if p.elements() > 0 || res.Chains > 0 || p.rebuild {
@@ -44,7 +51,7 @@ func (f *Fake) Apply(ctx context.Context, r *Ruleset, full bool) (Result, error)
 func (f *Fake) Cleanup(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.obs, f.current = newObserved(), nil
+	f.obs, f.current, f.gen = newObserved(), nil, 0
 	return nil
 }
 

@@ -450,3 +450,16 @@ func searchVIP(vips []VIP, k Key) int {
 	i, _ := slices.BinarySearchFunc(vips, k, func(v VIP, k Key) int { return v.Key().Compare(k) })
 	return i
 }
+
+// NameAddrs returns the addresses a name holds now (one per family at
+// most), for DNS; none when the name has no VIP.
+func (x *Index) NameAddrs(name string) []netip.Addr {
+	var out []netip.Addr
+	if a, ok := x.alloc4[name]; ok {
+		out = append(out, a)
+	}
+	if a, ok := x.alloc6[name]; ok {
+		out = append(out, a)
+	}
+	return out
+}

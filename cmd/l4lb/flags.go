@@ -81,8 +81,8 @@ func registerMarathon(fs *flag.FlagSet, o *source.MarathonOptions) {
 }
 
 // parseSources turns --source specs into sources with the Marathon options.
-func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Watcher, error) {
-	var out []source.Watcher
+func (m *modelFlags) parseSources(onStream func(spec string, o *source.MarathonOptions)) ([]source.Source, error) {
+	var out []source.Source
 	for _, spec := range m.sources {
 		o := m.marathon
 		if onStream != nil {

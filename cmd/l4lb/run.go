@@ -100,6 +100,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			log.Warn("marathon event stream lost", "source", spec, "err", err, "retryIn", retryIn)
 		}
 		o.OnStreamAttached = func() { log.Info("marathon event stream attached", "source", spec) }
+		o.MinInterval = f.minSync
+		o.OnAppError = func(appID string, err error) {
+			log.Warn("cannot read marathon app; keeping its last good state", "source", spec, "app", appID, "err", err)
+		}
 	})
 	if err != nil {
 		return err

@@ -3,11 +3,15 @@
 package api
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/l4lb/l4lb/sync/reconcile"
 	"github.com/l4lb/l4lb/vip"
@@ -42,7 +46,12 @@ type StatusFunc func() *reconcile.Status
 func Handler(status StatusFunc, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/vips", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, VIPs(status().State))
+		f, err := parseFilter(r.URL.Query())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		streamVIPs(w, status().State, f)
 	})
 	mux.HandleFunc("GET /v1/problems", func(w http.ResponseWriter, r *http.Request) {
 		ps := status().Problems
@@ -75,6 +84,93 @@ func Handler(status StatusFunc, metrics http.Handler) http.Handler {
 func VIPs(s vip.State) []VIP {
 	out := make([]VIP, 0, len(s.VIPs))
 	for _, v := range s.VIPs {
+		out = append(out, render(v))
+	}
+	return out
+}
+
+// filter narrows /v1/vips: ?name= (a VIP's DNS name, or its first label
+// as in the VIP label), ?app= (an app that declares it), ?ip= (its
+// address). Given several times, a filter accepts any of its values; all
+// filters must accept.
+type filter struct {
+	names []string
+	apps  []string
+	ips   []netip.Addr
+}
+
+func parseFilter(q url.Values) (filter, error) {
+	var f filter
+	for _, n := range q["name"] {
+		f.names = append(f.names, strings.TrimSuffix(strings.ToLower(n), "."))
+	}
+	f.apps = q["app"]
+	for _, s := range q["ip"] {
+		a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+		if err != nil {
+			return filter{}, fmt.Errorf("ip %q is not an IP address", s)
+		}
+		f.ips = append(f.ips, a.Unmap())
+	}
+	return f, nil
+}
+
+func (f filter) accepts(v vip.VIP) bool {
+	if len(f.names) > 0 && !slices.ContainsFunc(f.names, func(n string) bool {
+		return v.Name == n || strings.HasPrefix(v.Name, n+".")
+	}) {
+		return false
+	}
+	if len(f.apps) > 0 && !slices.ContainsFunc(f.apps, func(a string) bool { return slices.Contains(v.Apps, a) }) {
+		return false
+	}
+	return len(f.ips) == 0 || slices.Contains(f.ips, v.Addr)
+}
+
+// streamVIPs writes the VIPs that f accepts as a JSON array, one element
+// at a time: the answer is never held whole in memory.
+func streamVIPs(w http.ResponseWriter, s vip.State, f filter) {
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	list := s.VIPs
+	if len(f.ips) == 1 {
+		// The list is sorted by address first: look the address up.
+		i, _ := slices.BinarySearchFunc(list, f.ips[0], func(v vip.VIP, a netip.Addr) int { return v.Addr.Compare(a) })
+		j := i
+		for j < len(list) && list[j].Addr == f.ips[0] {
+			j++
+		}
+		list = list[i:j]
+	}
+	bw.WriteString("[")
+	n := 0
+	for _, v := range list {
+		if !f.accepts(v) {
+			continue
+		}
+		if n > 0 {
+			bw.WriteString(",")
+		}
+		bw.WriteString("\n  ")
+		b, err := json.MarshalIndent(render(v), "  ", "  ")
+		if err != nil {
+			return
+		}
+		if _, err := bw.Write(b); err != nil {
+			return // the client went away
+		}
+		n++
+	}
+	if n > 0 {
+		bw.WriteString("\n")
+	}
+	bw.WriteString("]\n")
+	_ = bw.Flush()
+}
+
+// render is one VIP as /v1/vips shows it.
+func render(v vip.VIP) VIP {
+	{
 		e := VIP{
 			VIP:      v.Label(),
 			Name:     v.Name,
@@ -90,9 +186,8 @@ func VIPs(s vip.State) []VIP {
 		for _, b := range v.Backends {
 			e.Backend = append(e.Backend, Backend{IP: b.Addr.String(), Port: b.Port, State: b.State.String(), Task: b.Task, App: b.App})
 		}
-		out = append(out, e)
+		return e
 	}
-	return out
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +58,53 @@ func TestHandler(t *testing.T) {
 	}
 	if code, _ := get("/metrics"); code != http.StatusNotFound {
 		t.Errorf("/metrics without a handler: %d", code)
+	}
+}
+
+func TestVIPsStreamedAndFiltered(t *testing.T) {
+	mk := func(name, addr string, app string, port uint16) vip.VIP {
+		return vip.VIP{Name: name, Addr: netip.MustParseAddr(addr), Port: port, Proto: vip.TCP, Apps: []string{app},
+			Backends: []vip.Backend{{Addr: netip.MustParseAddr("198.19.0.1"), Port: 31000, State: vip.Starting, Task: "t1", App: app}}}
+	}
+	st := &reconcile.Status{State: vip.State{VIPs: []vip.VIP{
+		mk("a.marathon.l4lb.thisdcos.directory", "198.18.0.1", "/a", 80),
+		mk("a.marathon.l4lb.thisdcos.directory", "198.18.0.1", "/a", 81),
+		mk("b.marathon.l4lb.thisdcos.directory", "198.18.0.2", "/b", 80),
+		mk("", "198.18.255.1", "/c", 80),
+	}}}
+	h := Handler(func() *reconcile.Status { return st }, nil)
+	for _, c := range []struct {
+		query string
+		want  []string
+	}{
+		{"", []string{"a.marathon.l4lb.thisdcos.directory:80", "a.marathon.l4lb.thisdcos.directory:81", "b.marathon.l4lb.thisdcos.directory:80", "198.18.255.1:80"}},
+		{"?name=a", []string{"a.marathon.l4lb.thisdcos.directory:80", "a.marathon.l4lb.thisdcos.directory:81"}},
+		{"?name=B.marathon.l4lb.thisdcos.directory.", []string{"b.marathon.l4lb.thisdcos.directory:80"}},
+		{"?app=/c", []string{"198.18.255.1:80"}},
+		{"?ip=198.18.0.1&app=/a", []string{"a.marathon.l4lb.thisdcos.directory:80", "a.marathon.l4lb.thisdcos.directory:81"}},
+		{"?ip=198.18.0.2&app=/a", []string{}},
+		{"?app=/a&app=/b", []string{"a.marathon.l4lb.thisdcos.directory:80", "a.marathon.l4lb.thisdcos.directory:81", "b.marathon.l4lb.thisdcos.directory:80"}},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/vips"+c.query, nil))
+		var got []VIP
+		if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+			t.Fatalf("%s: %v\n%s", c.query, err, rec.Body)
+		}
+		var names []string
+		for _, v := range got {
+			names = append(names, v.VIP)
+			if v.Backend[0].State != "starting" {
+				t.Errorf("%s: backend state %q", c.query, v.Backend[0].State)
+			}
+		}
+		if !slices.Equal(names, c.want) && !(len(names) == 0 && len(c.want) == 0) {
+			t.Errorf("%s: %v, want %v", c.query, names, c.want)
+		}
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/vips?ip=nope", nil))
+	if rec.Code != http.StatusBadRequest {
+		t.Errorf("bad ip filter: %d", rec.Code)
 	}
 }

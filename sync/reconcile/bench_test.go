@@ -55,7 +55,7 @@ func BenchmarkSync(b *testing.B) {
 			}
 			z := &recordingDNS{}
 			r := New(Config{
-				Sources: []source.Watcher{source.NewFile(path)}, NAT: nat.NewFake(), DNS: z,
+				Sources: []source.Source{source.NewFile(path)}, NAT: nat.NewFake(), DNS: z,
 				Conntrack: conntrack.NewCleaner(conntrack.NewFake(), true, nil),
 				Model:     vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
 				StateDir:  dir,

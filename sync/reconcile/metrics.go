@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "l4lb_sync_duration_seconds",
-			Help:    "Time of one sync: read the sources, compute the desired state, program the kernel.",
+			Help:    "Time of one sync: apply the changes of the sources to the desired state, program the kernel (kind incremental or full).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"kind"}),
 		syncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -50,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		backends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "l4lb_backends",
-			Help: "Backends of all VIPs by state (active, draining, unhealthy).",
+			Help: "Backends of all VIPs by state (active, starting, draining, unhealthy).",
 		}, []string{"state"}),
 		problems: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "l4lb_problems",
@@ -93,7 +93,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Syncs of the iptables FORWARD rules that failed.",
 		}),
 	}
-	for _, st := range []vip.BackendState{vip.Active, vip.Draining, vip.Unhealthy} {
+	for _, st := range vip.BackendStates {
 		m.backends.WithLabelValues(st.String())
 	}
 	for _, stage := range []string{"source", "nat", "conntrack", "forward"} {
@@ -107,15 +107,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeState(s vip.State, problems int) {
-	m.vips.Set(float64(len(s.VIPs)))
-	counts := map[vip.BackendState]int{}
-	for _, v := range s.VIPs {
+// backendCounts counts backends by state, kept up to date per change.
+type backendCounts map[vip.BackendState]int
+
+func (c backendCounts) add(vips []vip.VIP, sign int) {
+	for _, v := range vips {
 		for _, b := range v.Backends {
-			counts[b.State]++
+			c[b.State] += sign
 		}
 	}
-	for _, st := range []vip.BackendState{vip.Active, vip.Draining, vip.Unhealthy} {
+}
+
+func (m *Metrics) observeState(vips int, counts backendCounts, problems int) {
+	m.vips.Set(float64(vips))
+	for _, st := range vip.BackendStates {
 		m.backends.WithLabelValues(st.String()).Set(float64(counts[st]))
 	}
 	m.problems.Set(float64(problems))

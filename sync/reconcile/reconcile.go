@@ -1,15 +1,23 @@
-// Package reconcile is l4lb's sync loop: it reads the sources, computes the
-// desired state, and makes the kernel hold it. Inputs are triggers, never
-// the data; one goroutine rebuilds the whole desired state and applies the
-// difference. Nothing is written before the first good read of the sources,
-// and a source that fails keeps the last good state.
+// Package reconcile is l4lb's sync loop: sources deliver lists and deltas
+// of groups (sync/source), a tracker per source records what changed, and
+// one goroutine recomputes only the VIPs those changes reach (vip.Index),
+// patches the ruleset (nat.Compiler), applies the delta, deletes the
+// conntrack entries of the backends that lost their place, and patches the
+// DNS zone. A full sync (at start, every resync, after a failure) compiles
+// everything and reads the kernel back. Nothing is written before every
+// source delivered its first list, and a source that fails keeps its last
+// groups.
 package reconcile
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,7 +34,7 @@ import (
 
 // Config is what the reconciler needs.
 type Config struct {
-	Sources []source.Watcher
+	Sources []source.Source
 	NAT     nat.Interface
 	Forward forward.Interface // nil: iptables is left alone
 	// DNS answers for the names of the VIPs; nil: no DNS. A name is
@@ -72,22 +80,21 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
+	trackers []*tracker
+
 	mu        sync.Mutex // serialises syncs
-	good      *goodState // desired state from the last good read of the sources
+	index     *vip.Index
+	held      []map[source.Key]bool // per source, the keys the index holds
+	compiler  *nat.Compiler
+	counts    backendCounts
 	alloc     vip.Allocations
 	allocErr  error
-	applied   uint64    // fingerprint of the last ruleset in the kernel; 0 when unknown
+	synced    bool      // a sync reached the kernel, and the compiler's ruleset is in it
 	unchecked string    // last report of iptables backends that cannot be inspected
 	ctFullAt  time.Time // when the last full conntrack pass ran
 	published *dns.Zone // what DNS answers from; nil before the first publish
 	status    atomic.Pointer[Status]
-}
-
-// goodState is the desired state the last good read of the sources gave.
-// The apps themselves are not kept: a source that fails keeps this.
-type goodState struct {
-	state    vip.State
-	problems []vip.Problem
+	trigger   atomic.Pointer[func()] // asks the runner for a sync; set by Run
 }
 
 // New returns a reconciler. It loads the persisted allocations; a corrupt
@@ -103,7 +110,7 @@ func New(cfg Config) *Reconciler {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	r := &Reconciler{cfg: cfg, log: cfg.Logger}
+	r := &Reconciler{cfg: cfg, log: cfg.Logger, compiler: nat.NewCompiler(cfg.Table), counts: backendCounts{}}
 	if cfg.StateDir != "" {
 		r.alloc, r.allocErr = vip.LoadAllocations(cfg.StateDir)
 		if r.allocErr != nil {
@@ -111,82 +118,233 @@ func New(cfg Config) *Reconciler {
 			r.alloc = vip.Allocations{}
 		}
 	}
+	model := cfg.Model
+	model.Previous = r.alloc
+	r.index = vip.NewIndex(model)
+	for range cfg.Sources {
+		r.trackers = append(r.trackers, &tracker{r: r, deltas: map[source.Key]*source.Group{}})
+		r.held = append(r.held, map[source.Key]bool{})
+	}
 	r.status.Store(&Status{})
 	return r
 }
 
+// Sink returns the sink of source i (for tests, and for sources run by
+// the caller rather than by Run).
+func (r *Reconciler) Sink(i int) source.Sink { return r.trackers[i] }
+
 // Status returns the outcome of the last sync.
 func (r *Reconciler) Status() *Status { return r.status.Load() }
 
-// ErrNoGoodState is returned while no read of the sources has succeeded:
-// nothing is written to the kernel before that.
+// ErrNoGoodState is returned while some source has not delivered its first
+// list: nothing is written to the kernel before that.
 var ErrNoGoodState = errors.New("no good read of the sources yet")
 
-// Sync reads the sources and applies the desired state. full reads the
-// kernel back and repairs drift. When the sources fail, the last good state
-// is applied again (so drift is still repaired) and the error is returned.
+// tracker is a source's sink: it records what the source delivered until
+// the next sync takes it (kube-proxy's change trackers).
+type tracker struct {
+	r *Reconciler
+
+	mu      sync.Mutex
+	listed  bool                         // a list arrived, ever
+	replace []source.Group               // a list not taken yet; nil when none
+	hasList bool                         // replace is set (it may be empty)
+	deltas  map[source.Key]*source.Group // changes after it; nil value: gone
+	err     error                        // the source's last error; nil when it reads
+	errs    int                          // errors reported since it last read
+}
+
+func (t *tracker) Replace(groups []source.Group) {
+	t.mu.Lock()
+	t.replace, t.hasList, t.listed = groups, true, true
+	clear(t.deltas)
+	t.mu.Unlock()
+	t.r.poke()
+}
+
+func (t *tracker) Update(changed []source.Group, gone []source.Key) {
+	t.mu.Lock()
+	for i := range changed {
+		g := changed[i]
+		t.deltas[g.Key] = &g
+	}
+	for _, k := range gone {
+		t.deltas[k] = nil
+	}
+	t.mu.Unlock()
+	t.r.poke()
+}
+
+func (t *tracker) Stale(err error) {
+	t.mu.Lock()
+	t.err = err
+	if err != nil {
+		t.errs++
+	} else {
+		t.errs = 0
+	}
+	t.mu.Unlock()
+	if err != nil {
+		t.r.cfg.Metrics.sourceErrors.Inc()
+		t.r.cfg.Metrics.syncFailures.WithLabelValues("source").Inc()
+	}
+	t.r.poke()
+}
+
+func (r *Reconciler) poke() {
+	if f := r.trigger.Load(); f != nil {
+		(*f)()
+	}
+}
+
+// take moves what the trackers recorded into the index. It reports
+// whether every source has listed, and the sources' errors.
+func (r *Reconciler) take() (ready bool, errs []error, failures int) {
+	ready = true
+	for i, t := range r.trackers {
+		t.mu.Lock()
+		list, hasList, deltas := t.replace, t.hasList, t.deltas
+		t.replace, t.hasList, t.deltas = nil, false, map[source.Key]*source.Group{}
+		if !t.listed {
+			ready = false
+		}
+		if t.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.cfg.Sources[i], t.err))
+			failures = max(failures, t.errs)
+		}
+		t.mu.Unlock()
+		held := r.held[i]
+		if hasList {
+			seen := make(map[source.Key]bool, len(list))
+			for j := range list {
+				g := &list[j]
+				seen[g.Key] = true
+				r.set(i, g)
+			}
+			for k := range held {
+				if !seen[k] {
+					r.index.Delete(indexKey(i, k))
+					delete(held, k)
+				}
+			}
+		}
+		for k, g := range deltas {
+			if g == nil {
+				r.index.Delete(indexKey(i, k))
+				delete(held, k)
+				continue
+			}
+			r.set(i, g)
+		}
+	}
+	return ready, errs, failures
+}
+
+func (r *Reconciler) set(i int, g *source.Group) {
+	r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems)
+	r.held[i][g.Key] = true
+}
+
+// indexKey qualifies a source's key with the source.
+func indexKey(i int, k source.Key) string { return strconv.Itoa(i) + " " + string(k) }
+
+// Sync applies what the sources delivered since the last sync. full
+// compiles the whole state, reads the kernel back and repairs drift (at
+// start, on resync, after a failure); otherwise only the VIPs the changes
+// reached are planned, applied, cleaned in conntrack and republished.
 func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := r.cfg.Metrics
 	start := time.Now()
+	if !r.synced {
+		full = true
+	}
 	kind := "incremental"
 	if full {
 		kind = "full"
 	}
-	defer func() { m.syncDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 	st := *r.Status()
 	st.LastAttempt = r.cfg.Now()
 
-	snap, srcErr := source.LoadAll(ctx, r.cfg.Sources)
-	if srcErr == nil {
-		r.good = r.desired(snap)
-		st.Stale, st.SourceErrors = false, 0
-		m.sourceStale.Set(0)
-	} else {
-		st.Stale = true
-		st.SourceErrors++
-		m.sourceErrors.Inc()
+	ready, srcErrs, failures := r.take()
+	srcErr := errors.Join(srcErrs...)
+	st.Stale, st.SourceErrors = srcErr != nil, failures
+	if srcErr != nil {
 		m.sourceStale.Set(1)
-		m.syncFailures.WithLabelValues("source").Inc()
-		if r.good == nil {
+	} else {
+		m.sourceStale.Set(0)
+	}
+	if !ready {
+		st.LastError = ErrNoGoodState.Error()
+		if srcErr != nil {
 			st.LastError = srcErr.Error()
-			r.status.Store(&st)
-			return fmt.Errorf("%w: %w", ErrNoGoodState, srcErr)
 		}
-		r.log.Warn("sources failed; keeping the last good state", "err", srcErr, "failures", st.SourceErrors)
+		r.status.Store(&st)
+		return fmt.Errorf("%w: %w", ErrNoGoodState, cmp.Or(srcErr, errors.New("waiting for the first list")))
+	}
+	defer func() { m.syncDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+
+	ch := r.index.Commit()
+	state := r.index.State()
+	problems := r.index.Problems()
+	if ch.Allocations {
+		r.saveAllocations(state.Allocations)
+	}
+	r.counts.add(ch.Before, -1)
+	r.counts.add(ch.After, +1)
+	if !full && ch.Empty() {
+		st.State, st.Problems = state, problems
+		st.LastError = ""
+		if srcErr != nil {
+			st.LastError = srcErr.Error()
+		}
+		r.status.Store(&st)
+		return srcErr
 	}
 
-	state, problems := r.good.state, r.good.problems
-
-	rs := nat.Compile(state, r.cfg.Table)
-	fp := rs.Fingerprint()
-	var zone *dns.Zone
+	var rs *nat.Ruleset
+	if full {
+		rs = r.compiler.Full(state)
+	} else {
+		rs = r.compiler.Update(state, ch)
+	}
+	// Withdraw the names that are going before their rules go.
+	var zone, pre *dns.Zone
 	if r.cfg.DNS != nil {
-		// Withdraw the names that are going before their rules go.
-		zone = dns.Records(state, r.cfg.DNSZone)
-		if r.published != nil {
-			r.publish(r.published.Intersect(zone))
+		if full || r.published == nil {
+			zone = dns.Records(state, r.cfg.DNSZone)
+			if r.published != nil {
+				pre = r.published.Intersect(zone)
+			}
+		} else {
+			pre, zone = r.dnsPatch(ch)
+		}
+		if pre != nil {
+			r.publish(pre)
 		}
 	}
 	res, err := r.cfg.NAT.Apply(ctx, rs, full)
 	if err != nil {
-		r.applied = 0
+		r.synced = false // the next sync is full
 		m.syncFailures.WithLabelValues("nat").Inc()
 		st.LastError = err.Error()
 		r.status.Store(&st)
 		return fmt.Errorf("apply: %w", err)
 	}
-	m.observeNAT(res, r.applied != fp)
-	if res.ReadBack && res.Changed() && r.applied == fp {
+	m.observeNAT(res, true)
+	if res.ReadBack && res.Changed() && r.synced && ch.Empty() {
 		r.log.Warn("repaired drift: the kernel differed from what l4lb programmed", "elements", res.Elements,
 			"chains", res.Chains, "rebuilt", res.Rebuilt, "routes", res.Routes)
+		m.natDriftRepair.Inc()
 	}
-	r.applied = fp
-	r.syncForward(ctx, rs)
-	m.observeState(state, len(problems))
-	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	first := !st.Synced
+	r.synced = true
+	if full || ipvipsMoved(ch) {
+		r.syncForward(ctx, rs)
+	}
+	m.observeState(len(state.VIPs), r.counts, len(problems))
+	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	st.Synced = true
 	st.LastSuccess = r.cfg.Now()
 	st.State, st.Problems, st.Result = state, problems, res
@@ -196,11 +354,12 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	}
 	r.status.Store(&st)
 	if res.Changed() || first {
-		r.log.Info("synced", "first", first, "vips", len(state.VIPs), "problems", len(problems), "full", full,
-			"readBack", res.ReadBack, "rebuilt", res.Rebuilt, "batches", res.Batches, "elements", res.Elements,
-			"chains", res.Chains, "routes", res.Routes)
+		r.log.Info("synced", "first", first, "vips", len(state.VIPs), "changed", len(ch.After), "gone", len(ch.Before),
+			"problems", len(problems), "full", full, "readBack", res.ReadBack, "rebuilt", res.Rebuilt,
+			"batches", res.Batches, "elements", res.Elements, "chains", res.Chains, "routes", res.Routes,
+			"took", time.Since(start).String())
 	}
-	ctErr := r.cleanConntrack(ctx, state, full)
+	ctErr := r.cleanConntrack(ctx, state, ch, full)
 	if zone != nil {
 		// The rules are in: the new names may be answered.
 		r.publish(zone)
@@ -215,16 +374,80 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	return srcErr
 }
 
+// ipvipsMoved reports whether a change added or removed IP VIPs (which the
+// iptables FORWARD rules and the routes follow).
+func ipvipsMoved(ch vip.Change) bool {
+	for _, list := range [][]vip.VIP{ch.Before, ch.After} {
+		for _, v := range list {
+			if v.Name == "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// dnsPatch returns the zone to publish before the rules change (the names
+// of the change keep only the addresses they keep) and after (their new
+// addresses).
+func (r *Reconciler) dnsPatch(ch vip.Change) (pre, post *dns.Zone) {
+	names := map[string]bool{}
+	for _, list := range [][]vip.VIP{ch.Before, ch.After} {
+		for _, v := range list {
+			if v.Name != "" {
+				names[v.Name] = true
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	keep := make(map[string][]netip.Addr, len(names))
+	now := make(map[string][]netip.Addr, len(names))
+	for name := range names {
+		as := r.index.NameAddrs(name)
+		now[name] = as
+		v4, v6, _ := r.published.Lookup(name)
+		for _, a := range append(v4, v6...) {
+			if slices.Contains(as, a) {
+				keep[name] = append(keep[name], a)
+			}
+		}
+		if _, ok := keep[name]; !ok {
+			keep[name] = nil
+		}
+	}
+	pre = r.published.Patch(keep)
+	return pre, pre.Patch(now)
+}
+
+// saveAllocations persists the named VIP addresses.
+func (r *Reconciler) saveAllocations(a vip.Allocations) {
+	if a.Equal(r.alloc) {
+		return
+	}
+	if r.cfg.StateDir != "" {
+		if err := vip.SaveAllocations(r.cfg.StateDir, a); err != nil {
+			// Keep going: the kernel must follow the sources; the next
+			// change tries to save again.
+			r.log.Error("cannot save allocations", "err", err)
+			return
+		}
+	}
+	r.alloc = a
+}
+
 func (r *Reconciler) publish(z *dns.Zone) {
 	r.cfg.DNS.Publish(z)
 	r.published = z
 }
 
 // cleanConntrack deletes the conntrack entries of backends that the change
-// just applied took out of service (unhealthy with --flush-unhealthy, gone,
-// terminal), so that their clients get a reset or move on at their next
-// packet. Draining backends keep theirs.
-func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full bool) error {
+// just applied took out of service (unhealthy with --flush-unhealthy,
+// gone, terminal), so that their clients get a reset or move on at their
+// next packet. Draining and starting backends keep theirs. An incremental
+// sync looks only at the backends of the VIPs the change reached.
+func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, ch vip.Change, full bool) error {
 	c := r.cfg.Conntrack
 	if c == nil {
 		return nil
@@ -233,11 +456,16 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full b
 	if every <= 0 {
 		every = 5 * time.Minute
 	}
-	clean := c.Applied
-	if full && time.Since(r.ctFullAt) >= every {
-		clean = c.Reconcile
+	var res conntrack.Result
+	var err error
+	switch {
+	case full && time.Since(r.ctFullAt) >= every:
+		res, err = c.Reconcile(ctx, state)
+	case full:
+		res, err = c.Applied(ctx, state)
+	default:
+		res, err = c.Changed(ctx, state, ch.Before)
 	}
-	res, err := clean(ctx, state)
 	if res.Full && err == nil {
 		r.ctFullAt = time.Now()
 	}
@@ -249,29 +477,6 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, full b
 			"full", res.Full, "listed", res.Flows, "took", (res.Dump + res.Select + res.Delete).String())
 	}
 	return nil
-}
-
-// desired computes the desired state of a good read and persists new
-// address allocations.
-func (r *Reconciler) desired(snap source.Snapshot) *goodState {
-	model := r.cfg.Model
-	model.Previous = r.alloc
-	state, problems := vip.Desired(snap.Apps, model)
-	problems = append(append([]vip.Problem{}, snap.Problems...), problems...)
-	if !state.Allocations.Equal(r.alloc) {
-		if r.cfg.StateDir != "" {
-			if err := vip.SaveAllocations(r.cfg.StateDir, state.Allocations); err != nil {
-				// Keep going: the kernel must follow the sources; the next
-				// sync tries to save again.
-				r.log.Error("cannot save allocations", "err", err)
-			} else {
-				r.alloc = state.Allocations
-			}
-		} else {
-			r.alloc = state.Allocations
-		}
-	}
-	return &goodState{state: state, problems: problems}
 }
 
 // syncForward keeps l4lb's iptables FORWARD rules where a FORWARD chain
@@ -298,30 +503,40 @@ func (r *Reconciler) syncForward(ctx context.Context, rs *nat.Ruleset) {
 	}
 }
 
-// Run syncs at once and then whenever a source reports a change (at most
-// once per opts.MinInterval), at least every opts.Resync (a full sync that
-// reads the kernel back and repairs drift), and after failures with
-// exponential backoff (again full, since what the kernel holds is in
+// Run starts the sources and syncs whenever they deliver (at most once per
+// opts.MinInterval), at least every opts.Resync (a full sync that reads the
+// kernel back and asks every source for a full list), and after failures
+// with exponential backoff (again full, since what the kernel holds is in
 // doubt). It returns when ctx is done; the rules stay in place.
 func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	run := runner.New(func(ctx context.Context, why runner.Reason) error {
+		if why.Has(runner.Resync) {
+			for _, s := range r.cfg.Sources {
+				s.Relist()
+			}
+		}
 		full := why&(runner.Initial|runner.Resync|runner.Retry) != 0
 		err := r.Sync(ctx, full)
-		if err != nil && ctx.Err() == nil {
+		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrNoGoodState) {
 			r.log.Error("sync failed", "err", err, "why", why.String())
+		}
+		if errors.Is(err, ErrNoGoodState) {
+			return nil // the first list triggers the next run
 		}
 		return err
 	}, opts)
+	trigger := run.Trigger
+	r.trigger.Store(&trigger)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, s := range r.cfg.Sources {
+	for i, s := range r.cfg.Sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Watch(ctx, run.Trigger); err != nil && ctx.Err() == nil {
-				r.log.Error("watch source stopped", "source", s.String(), "err", err)
+			if err := s.Run(ctx, r.cfg.Model, r.trackers[i]); err != nil && ctx.Err() == nil {
+				r.log.Error("source stopped", "source", s.String(), "err", err)
 			}
 		}()
 	}

@@ -18,34 +18,43 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// fakeSource returns what it is told to.
+// fakeSource delivers what it is told to, as a full list, to the sink of
+// the reconciler it is attached to.
 type fakeSource struct {
 	mu   sync.Mutex
-	data string
-	err  error
+	sink source.Sink
+	cfg  vip.Config
 }
 
 func (f *fakeSource) String() string { return "fake:" }
 
-func (f *fakeSource) Load(ctx context.Context) (source.Snapshot, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil {
-		return source.Snapshot{}, f.err
-	}
-	apps, problems, err := vip.ParseApps([]byte(f.data))
-	if err != nil {
-		return source.Snapshot{}, err
-	}
-	return source.Snapshot{Apps: apps, Problems: problems}, nil
+func (f *fakeSource) Run(ctx context.Context, cfg vip.Config, sink source.Sink) error {
+	<-ctx.Done()
+	return nil
 }
 
-func (f *fakeSource) Watch(ctx context.Context, changed func()) error { <-ctx.Done(); return nil }
+func (f *fakeSource) Relist() {}
+
+func (f *fakeSource) attach(r *Reconciler, i int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sink, f.cfg = r.Sink(i), r.cfg.Model
+}
 
 func (f *fakeSource) set(data string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.data, f.err = data, err
+	if err != nil {
+		f.sink.Stale(err)
+		return
+	}
+	apps, problems, perr := vip.ParseApps([]byte(data))
+	if perr != nil {
+		f.sink.Stale(perr)
+		return
+	}
+	f.sink.Replace(source.AppGroups(apps, problems, f.cfg))
+	f.sink.Stale(nil)
 }
 
 const oneApp = `{"id": "/web", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "web:80"}}],
@@ -56,11 +65,12 @@ func newTest(t *testing.T) (*Reconciler, *fakeSource, *nat.Fake, string) {
 	fk := nat.NewFake()
 	dir := t.TempDir()
 	r := New(Config{
-		Sources:  []source.Watcher{src},
+		Sources:  []source.Source{src},
 		NAT:      fk,
 		Model:    vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")},
 		StateDir: dir,
 	})
+	src.attach(r, 0)
 	return r, src, fk, dir
 }
 
@@ -124,8 +134,10 @@ func TestAllocationsPersistAcrossRestarts(t *testing.T) {
 	if err := vip.SaveAllocations(dir, vip.Allocations{V4: map[string]netip.Addr{"web.marathon.l4lb.thisdcos.directory": moved}}); err != nil {
 		t.Fatal(err)
 	}
-	r2 := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), StateDir: dir,
+	r2 := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), StateDir: dir,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16")}})
+	src.attach(r2, 0)
+	src.set(oneApp, nil)
 	if err := r2.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -154,11 +166,12 @@ func TestApplyFailureIsReported(t *testing.T) {
 
 func TestForwardRulesFollowTheSync(t *testing.T) {
 	src := &fakeSource{}
-	src.set(oneApp, nil)
 	fwd := forward.NewFake()
 	fwd.SetPolicy(false, "DROP")
-	r := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), Forward: fwd,
+	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Forward: fwd,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	src.attach(r, 0)
+	src.set(oneApp, nil)
 	if err := r.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +180,7 @@ func TestForwardRulesFollowTheSync(t *testing.T) {
 	}
 	// A failure to sync iptables does not fail the sync: the table is right.
 	fwd.Err = errors.New("iptables: resource busy")
-	if err := r.Sync(context.Background(), false); err != nil {
+	if err := r.Sync(context.Background(), true); err != nil {
 		t.Errorf("Sync with a failing iptables: %v", err)
 	}
 }
@@ -179,10 +192,11 @@ func TestConntrackFollowsTheSync(t *testing.T) {
 		  {"id": "t2", "host": "198.19.0.12", "ports": [31000], "state": "` + t2state + `"}]}`
 	}
 	src := &fakeSource{}
-	src.set(twoTasks("TASK_RUNNING"), nil)
 	ct := conntrack.NewFake()
-	r := New(Config{Sources: []source.Watcher{src}, NAT: nat.NewFake(), Conntrack: conntrack.NewCleaner(ct, true, nil),
+	r := New(Config{Sources: []source.Source{src}, NAT: nat.NewFake(), Conntrack: conntrack.NewCleaner(ct, true, nil),
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	src.attach(r, 0)
+	src.set(twoTasks("TASK_RUNNING"), nil)
 	if err := r.Sync(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -297,8 +311,9 @@ func TestDNSPublishOrder(t *testing.T) {
 	}
 	src := &fakeSource{}
 	rec := &recordingDNS{}
-	r := New(Config{Sources: []source.Watcher{src}, NAT: &orderNAT{Fake: nat.NewFake(), dns: rec, t: t}, DNS: rec,
+	r := New(Config{Sources: []source.Source{src}, NAT: &orderNAT{Fake: nat.NewFake(), dns: rec, t: t}, DNS: rec,
 		Model: vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16"), Pool6: netip.MustParsePrefix("fd00:198:18::/64")}})
+	src.attach(r, 0)
 	for _, apps := range []string{"[" + app("a") + "]", "[" + app("a") + "," + app("b") + "]", "[" + app("b") + "]", "[]"} {
 		src.set(apps, nil)
 		if err := r.Sync(context.Background(), false); err != nil {

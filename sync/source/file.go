@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,6 +19,8 @@ type File struct {
 	Path string
 	// Poll is how often Watch looks at the file; 200ms when zero.
 	Poll time.Duration
+
+	relist atomic.Bool
 }
 
 // NewFile returns the source for path.
@@ -37,6 +40,52 @@ func (f *File) Load(ctx context.Context) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("parse %s: %w", f.Path, err)
 	}
 	return Snapshot{Apps: apps, Problems: problems}, nil
+}
+
+// Relist implements Source: the file is read again at the next poll.
+func (f *File) Relist() { f.relist.Store(true) }
+
+// Run implements Source. A file is a full list every time it changes:
+// it is read at start, whenever its stat changes and when Relist asks, and
+// delivered with Replace (the pipeline diffs it per app, so an app that did
+// not change costs nothing downstream). A file that cannot be read or
+// parsed is reported with Stale and the last good list is kept.
+func (f *File) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
+	groups := newAppGroups(cfg)
+	poll := f.Poll
+	if poll == 0 {
+		poll = 200 * time.Millisecond
+	}
+	var last []byte
+	stale := false
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		fp := f.fingerprint()
+		if last == nil || !bytes.Equal(fp, last) || f.relist.Swap(false) {
+			snap, err := f.Load(ctx)
+			switch {
+			case err != nil:
+				sink.Stale(err)
+				stale = true
+			default:
+				sink.Replace(groups.list(snap.Apps, snap.Problems))
+				if stale {
+					stale = false
+					sink.Stale(nil)
+				}
+			}
+			last = fp
+			if err != nil {
+				last = []byte("failed") // read again at the next poll
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // Watch polls the file's stat and calls changed when the file changes. It

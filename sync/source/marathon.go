@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -119,6 +120,19 @@ type MarathonOptions struct {
 	// ReconnectMin after a stream that stayed up for a minute.
 	ReconnectMin, ReconnectMax time.Duration
 
+	// MinInterval is the least time between two rounds of reads of the
+	// list and watch loop (--min-sync-interval): ids that events name
+	// within it are read once each.
+	MinInterval time.Duration
+	// MaxAppReads bounds the apps one round reads one by one; more named
+	// at once are read with a full list. DefaultMarathonMaxAppReads when
+	// zero.
+	MaxAppReads int
+	// OnAppError, when set, is called by Run when one app could not be
+	// read (a 500, a malformed answer): that app keeps its last good
+	// state. It must not block.
+	OnAppError func(appID string, err error)
+
 	// OnStreamError, when set, is called by Watch after the event stream
 	// failed or ended, with the reason and the delay before the next attempt.
 	// It runs on Watch's goroutine and must not block.
@@ -138,6 +152,9 @@ type Marathon struct {
 	auth   string     // "token=" or "Bearer "
 
 	healthyAfter time.Duration // streamHealthyFor; shorter in tests
+
+	lw        *lwState
+	bytesRead atomic.Int64
 }
 
 // NewMarathon returns the source for Marathon at rawURL (http or https, with
@@ -168,7 +185,7 @@ func NewMarathon(rawURL string, opts MarathonOptions) (*Marathon, error) {
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
 
-	m := &Marathon{base: u, healthyAfter: streamHealthyFor}
+	m := &Marathon{base: u, healthyAfter: streamHealthyFor, lw: newLWState()}
 	if opts.TokenFile != "" {
 		if opts.Username != "" || opts.Password != "" {
 			return nil, fmt.Errorf("marathon %s: both basic authentication and a token file: choose one", u)
@@ -202,6 +219,9 @@ func NewMarathon(rawURL string, opts MarathonOptions) (*Marathon, error) {
 	}
 	if opts.ReconnectMax == 0 {
 		opts.ReconnectMax = max(DefaultMarathonReconnectMax, opts.ReconnectMin)
+	}
+	if opts.MaxAppReads <= 0 {
+		opts.MaxAppReads = DefaultMarathonMaxAppReads
 	}
 	if opts.ReconnectMax < opts.ReconnectMin {
 		return nil, fmt.Errorf("marathon %s: reconnect max %s below min %s", u, opts.ReconnectMax, opts.ReconnectMin)
@@ -258,7 +278,9 @@ func (m *Marathon) Load(ctx context.Context) (Snapshot, error) {
 	if n := resp.ContentLength; n > 0 && n <= m.opts.MaxBody {
 		body.Grow(int(n) + bytes.MinRead) // one allocation, not a doubling series
 	}
-	if _, err := body.ReadFrom(io.LimitReader(resp.Body, m.opts.MaxBody+1)); err != nil {
+	n, err := body.ReadFrom(io.LimitReader(resp.Body, m.opts.MaxBody+1))
+	m.bytesRead.Add(n)
+	if err != nil {
 		return Snapshot{}, fmt.Errorf("GET %s: read body: %w", at, unwrapURLError(err))
 	}
 	data := body.Bytes()
@@ -314,9 +336,18 @@ func (m *Marathon) Watch(ctx context.Context, changed func()) error {
 	if changed == nil {
 		return errors.New("marathon watch: changed is nil")
 	}
+	return m.follow(ctx, func(name string, ev sseEvent) { changed() })
+}
+
+// follow runs the event stream until ctx is done, reconnecting after a
+// jittered exponential backoff, and calls on for every event that may
+// change the apps: on the first event_stream_attached of each connection
+// (name eventStreamAttached: anything may have changed while it was down)
+// and on every relevant event (name "" when its type cannot be told).
+func (m *Marathon) follow(ctx context.Context, on func(name string, ev sseEvent)) error {
 	delay := m.opts.ReconnectMin
 	for {
-		up, err := m.stream(ctx, changed)
+		up, err := m.stream(ctx, on)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -357,7 +388,7 @@ func (e errIdle) Error() string {
 // stream runs one connection of the event stream until it fails, ends or
 // ctx is done. It returns how long the stream was up (zero if Marathon did
 // not accept it) and why it ended, never a nil error.
-func (m *Marathon) stream(ctx context.Context, changed func()) (time.Duration, error) {
+func (m *Marathon) stream(ctx context.Context, on func(name string, ev sseEvent)) (time.Duration, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	idle := time.AfterFunc(m.opts.IdleTimeout, func() { cancel(errIdle(m.opts.IdleTimeout)) })
@@ -397,9 +428,9 @@ func (m *Marathon) stream(ctx context.Context, changed func()) (time.Duration, e
 			if m.opts.OnStreamAttached != nil {
 				m.opts.OnStreamAttached()
 			}
-			changed()
+			on(name, ev)
 		case relevantEvents[name], name == "":
-			changed()
+			on(name, ev)
 		}
 	}
 }

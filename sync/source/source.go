@@ -17,25 +17,14 @@ type Snapshot struct {
 	Problems []vip.Problem // apps that did not decode; the rest are in Apps
 }
 
-// Watcher is the snapshot interface the sync loop used before list and
-// watch: it goes when the pipeline moves to Source. Load reads the current state; a failed or
-// invalid read returns an error, never a partial or empty state. Watch calls
-// changed whenever the source may have changed, until ctx is done; changes
-// are triggers, the data always comes from Load.
-type Watcher interface {
-	String() string
-	Load(ctx context.Context) (Snapshot, error)
-	Watch(ctx context.Context, changed func()) error
-}
-
 // Parse turns a source spec into a source: "file:PATH" or "marathon:URL",
 // with default Marathon options.
-func Parse(spec string) (Watcher, error) {
+func Parse(spec string) (Source, error) {
 	return ParseWith(spec, MarathonOptions{})
 }
 
 // ParseWith is Parse with the options of every marathon:URL source.
-func ParseWith(spec string, marathon MarathonOptions) (Watcher, error) {
+func ParseWith(spec string, marathon MarathonOptions) (Source, error) {
 	kind, arg, ok := strings.Cut(spec, ":")
 	if !ok || arg == "" {
 		return nil, fmt.Errorf("source %q: want file:PATH or marathon:URL", spec)
@@ -53,12 +42,17 @@ func ParseWith(spec string, marathon MarathonOptions) (Watcher, error) {
 	return nil, fmt.Errorf("source %q: unknown kind %q, want file:PATH or marathon:URL", spec, kind)
 }
 
-// LoadAll reads every source and merges their apps. It fails when any
-// source fails, so that a partial read never replaces a whole state.
-func LoadAll(ctx context.Context, sources []Watcher) (Snapshot, error) {
+// LoadAll reads every source once and merges their apps (l4lb render). It
+// fails when any source fails, or cannot be read whole, so that a partial
+// read never replaces a whole state.
+func LoadAll(ctx context.Context, sources []Source) (Snapshot, error) {
 	var out Snapshot
 	for _, s := range sources {
-		snap, err := s.Load(ctx)
+		l, ok := s.(Loader)
+		if !ok {
+			return Snapshot{}, fmt.Errorf("load %s: this source cannot be read whole", s)
+		}
+		snap, err := l.Load(ctx)
 		if err != nil {
 			return Snapshot{}, fmt.Errorf("load %s: %w", s, err)
 		}
