@@ -29,7 +29,7 @@ type Config struct {
 	Client  *clientv3.Client
 	Layout  cluster.Layout
 	TTL     time.Duration // session (lease) TTL; 5 s when zero; rounded up to seconds
-	Sources []source.Watcher
+	Sources []source.Source
 	Model   vip.Config // pools, domain, resolver; Previous comes from etcd
 	// Name is this controller in the election value (host name, address).
 	Name    string
@@ -159,15 +159,23 @@ func (c *Controller) term(ctx context.Context) error {
 	return err
 }
 
-// lead reads the sources and writes etcd until ctx is done or a write finds
-// that this controller no longer leads.
+// lead runs the sources into a fresh index (seeded with the allocations
+// kept in etcd) and writes etcd until ctx is done or a write finds that
+// this controller no longer leads. The first write, every resync and every
+// retry compare the whole desired state with what etcd holds; the writes
+// in between send only the keys of the VIPs a change reached.
 func (c *Controller) lead(ctx context.Context, key string, rev int64) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := NewWriter(c.cfg.Client, c.cfg.Layout, key, rev, c.cfg.Metrics)
-	var prev vip.Allocations
-	loaded := false
-	conf := cluster.Config{Pool4: c.cfg.Model.Pool4, Pool6: c.cfg.Model.Pool6, Domain: c.cfg.Model.Domain}
+	m := c.cfg.Metrics
+	w := NewWriter(c.cfg.Client, c.cfg.Layout, key, rev, m)
+	known, err := c.load(ctx, w)
+	if err != nil {
+		return err
+	}
+	model := c.cfg.Model
+	model.Previous = c.allocations(known)
+	conf := cluster.Config{Pool4: model.Pool4, Pool6: model.Pool6, Domain: model.Domain}
 	if conf.Domain == "" {
 		conf.Domain = vip.DefaultDomain
 	}
@@ -177,30 +185,40 @@ func (c *Controller) lead(ctx context.Context, key string, rev int64) error {
 	if !conf.Pool6.IsValid() {
 		conf.Pool6 = vip.DefaultPool6
 	}
-	m := c.cfg.Metrics
+	p := newPipeline(model, len(c.cfg.Sources))
+	written := false
 
 	write := func(ctx context.Context, why runner.Reason) error {
-		if !loaded {
-			known, err := w.Load(ctx)
-			if err != nil {
-				return fmt.Errorf("read etcd: %w", err)
+		if why.Has(runner.Resync) {
+			for _, s := range c.cfg.Sources {
+				s.Relist()
 			}
-			prev = c.allocations(known)
-			loaded = true
 		}
-		snap, err := source.LoadAll(ctx, c.cfg.Sources)
-		if err != nil {
+		ready, srcErr := p.take(c.cfg.Sources)
+		if srcErr != nil {
 			m.sourceStale.Set(1)
-			m.syncs.WithLabelValues("source_error").Inc()
-			c.update(func(st *Status) { st.Stale, st.LastError = true, err.Error() })
-			return err
+			c.update(func(st *Status) { st.Stale, st.LastError = true, srcErr.Error() })
+		} else {
+			m.sourceStale.Set(0)
+			c.update(func(st *Status) { st.Stale = false })
 		}
-		m.sourceStale.Set(0)
-		model := c.cfg.Model
-		model.Previous = prev
-		state, problems := vip.Desired(snap.Apps, model)
-		problems = append(problems, snap.Problems...)
-		stats, err := w.Write(ctx, c.cfg.Layout.Desired(conf, state))
+		if !ready {
+			return nil // the first list of every source triggers the next run
+		}
+		ch := p.index.Commit()
+		state := p.index.State()
+		problems := p.index.Problems()
+		full := !written || why&(runner.Initial|runner.Resync|runner.Retry) != 0
+		if !full && ch.Empty() {
+			return nil
+		}
+		var stats Stats
+		var err error
+		if full {
+			stats, err = w.Write(ctx, c.cfg.Layout.Desired(conf, state))
+		} else {
+			stats, err = w.Apply(ctx, w.changeOps(conf, state, ch))
+		}
 		if err != nil {
 			m.syncs.WithLabelValues("write_error").Inc()
 			c.update(func(st *Status) { st.LastError = err.Error() })
@@ -209,44 +227,66 @@ func (c *Controller) lead(ctx context.Context, key string, rev int64) error {
 			}
 			return err
 		}
-		prev = state.Allocations
+		written = true
 		m.syncs.WithLabelValues("ok").Inc()
 		m.vips.Set(float64(len(state.VIPs)))
 		m.problems.Set(float64(len(problems)))
 		c.update(func(st *Status) {
-			st.Written, st.LastWrite, st.LastError, st.Stale = true, time.Now(), "", false
-			st.State, st.Problems = state, problems
+			st.Written, st.LastWrite, st.State, st.Problems = true, time.Now(), state, problems
+			if srcErr == nil {
+				st.LastError = ""
+			}
 		})
 		if stats.Txns > 0 {
 			c.log.Info("wrote", "puts", stats.Puts, "deletes", stats.Deletes, "txns", stats.Txns, "vips", len(state.VIPs),
-				"problems", len(problems), "why", why.String())
+				"problems", len(problems), "full", full, "why", why.String())
 		}
 		return nil
 	}
 	run := runner.New(func(ctx context.Context, why runner.Reason) error {
 		err := write(ctx, why)
 		if err != nil && ctx.Err() == nil {
-			c.log.Error("sync to etcd failed", "err", err, "why", why.String())
+			c.log.Error("write to etcd failed", "err", err, "why", why.String())
 		}
 		return err
 	}, c.cfg.Runner)
+	p.poke = run.Trigger
 	var wg sync.WaitGroup
-	for _, s := range c.cfg.Sources {
+	for i, s := range c.cfg.Sources {
+		s.Relist() // a new term starts from a full list
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.Watch(ctx, run.Trigger); err != nil && ctx.Err() == nil {
-				c.log.Error("watch source stopped", "source", s.String(), "err", err)
+			if err := s.Run(ctx, model, p.sinks[i]); err != nil && ctx.Err() == nil {
+				c.log.Error("source stopped", "source", s.String(), "err", err)
 			}
 		}()
 	}
-	err := run.Run(ctx)
+	err = run.Run(ctx)
 	cancel(nil)
 	wg.Wait()
 	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
 		return cause
 	}
 	return err
+}
+
+// load reads what etcd holds, retrying until it can or ctx is done.
+func (c *Controller) load(ctx context.Context, w *Writer) (map[string]string, error) {
+	backoff := 250 * time.Millisecond
+	for {
+		known, err := w.Load(ctx)
+		if err == nil {
+			return known, nil
+		}
+		c.log.Warn("cannot read etcd", "err", err, "retryIn", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
 }
 
 // allocations reads the named VIP addresses kept in etcd, so that a new

@@ -176,6 +176,10 @@ type instance struct {
 }
 
 func startController(t *testing.T, srv *etcdtest.Server, name, appsFile string, ttl time.Duration) *instance {
+	return startControllerWith(t, srv, name, appsFile, ttl, nil)
+}
+
+func startControllerWith(t *testing.T, srv *etcdtest.Server, name, appsFile string, ttl time.Duration, m *controller.Metrics) *instance {
 	t.Helper()
 	link := srv.Link()
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{srv.Endpoint()}, Dial: link.Dial})
@@ -185,8 +189,8 @@ func startController(t *testing.T, srv *etcdtest.Server, name, appsFile string, 
 	f := source.NewFile(appsFile)
 	f.Poll = 20 * time.Millisecond
 	c := controller.New(controller.Config{
-		Client: cli, Layout: layout(t), TTL: ttl, Name: name,
-		Sources: []source.Watcher{f},
+		Client: cli, Layout: layout(t), TTL: ttl, Name: name, Metrics: m,
+		Sources: []source.Source{f},
 		Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/29"), Pool6: netip.MustParsePrefix("fd00:198:18::/120")},
 		Runner:  runner.Options{BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond},
 	})
@@ -304,5 +308,35 @@ func TestDeposedLeaderNeverWrites(t *testing.T) {
 	}
 	if a.c.Status().Leader {
 		t.Fatal("the deposed controller still thinks it leads")
+	}
+}
+
+// Between full writes, a change writes only the keys it reached: one
+// backend moves, one key is put; an app goes, its VIP and its name's
+// allocation are deleted.
+func TestIncrementalWrites(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	cli := client(t, srv)
+	l := layout(t)
+	apps := filepath.Join(t.TempDir(), "apps.json")
+	writeFile(t, apps, appsJSON(5, "198.19.0.11"))
+	m := controller.NewMetrics(prometheus.NewRegistry())
+	a := startControllerWith(t, srv, "a", apps, 2*time.Second, m)
+	waitFor(t, "a writes", 10*time.Second, func() bool { return a.c.Status().Written })
+	puts := testutil.ToFloat64(m.WritesForTest("put"))
+	if puts != 11 { // config, 5 allocations, 5 VIPs
+		t.Fatalf("first write: %v puts", puts)
+	}
+	one := strings.Replace(appsJSON(5, "198.19.0.11"), `"app2.t1","host":"198.19.0.11"`, `"app2.t1","host":"198.19.0.12"`, 1)
+	writeFile(t, apps, one)
+	waitFor(t, "the change", 5*time.Second, func() bool { return testutil.ToFloat64(m.WritesForTest("put")) > puts })
+	time.Sleep(200 * time.Millisecond)
+	if got := testutil.ToFloat64(m.WritesForTest("put")); got != puts+1 {
+		t.Fatalf("one backend changed: %v puts", got-puts)
+	}
+	writeFile(t, apps, appsJSON(4, "198.19.0.11"))
+	waitFor(t, "the app goes", 5*time.Second, func() bool { return testutil.ToFloat64(m.WritesForTest("delete")) == 2 })
+	if got := vips(t, cli, l); len(got) != 4 {
+		t.Fatalf("VIPs in etcd: %v", got)
 	}
 }

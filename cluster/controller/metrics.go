@@ -51,3 +51,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) TxnsForTest(result string) prometheus.Counter {
 	return m.txns.WithLabelValues(result)
 }
+
+// WritesForTest returns the counter of keys written with an operation.
+func (m *Metrics) WritesForTest(op string) prometheus.Counter { return m.writes.WithLabelValues(op) }

@@ -50,9 +50,13 @@ func Plan(known, desired map[string]string) []Op {
 			ops = append(ops, Op{Key: k, Delete: true})
 		}
 	}
-	slices.SortFunc(ops, func(a, b Op) int { return cmp.Compare(a.Key, b.Key) })
+	sortOps(ops)
 	return ops
 }
+
+// sortOps orders operations by key: the config before the VIPs, and a
+// stable order for tests and logs.
+func sortOps(ops []Op) { slices.SortFunc(ops, func(a, b Op) int { return cmp.Compare(a.Key, b.Key) }) }
 
 // Batches cuts ops into transactions of at most maxOps operations and
 // maxBytes of keys and values, in order. An operation larger than maxBytes
@@ -119,19 +123,28 @@ type Stats struct {
 	Puts, Deletes, Txns int
 }
 
-// Write makes etcd hold desired under the layout: it sends the changed
-// keys in guarded transactions of bounded size. It stops at the first
+// Write makes etcd hold desired under the layout: it sends the keys that
+// differ from what etcd holds in guarded transactions of bounded size. It stops at the first
 // transaction that fails; the transactions before it are committed (and
 // remembered), so the next Write sends only the rest. ErrNotLeader means
 // the guard failed: this controller must stop leading.
 func (w *Writer) Write(ctx context.Context, desired map[string]string) (Stats, error) {
-	var st Stats
 	if w.known == nil {
 		if _, err := w.Load(ctx); err != nil {
-			return st, err
+			return Stats{}, err
 		}
 	}
-	for _, batch := range Batches(Plan(w.known, desired), MaxTxnOps, MaxTxnBytes) {
+	return w.Apply(ctx, Plan(w.known, desired))
+}
+
+// Apply sends ops in guarded transactions of bounded size, as Write does.
+// The writer must have loaded what etcd holds (Load or Write) first.
+func (w *Writer) Apply(ctx context.Context, ops []Op) (Stats, error) {
+	var st Stats
+	if w.known == nil {
+		return st, errors.New("write to etcd: what etcd holds was not read yet")
+	}
+	for _, batch := range Batches(ops, MaxTxnOps, MaxTxnBytes) {
 		ops := make([]clientv3.Op, len(batch))
 		for i, op := range batch {
 			if op.Delete {
