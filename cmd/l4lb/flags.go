@@ -62,7 +62,7 @@ type modelFlags struct {
 
 func (m *modelFlags) register(fs *flag.FlagSet) {
 	m.pool4, m.pool6 = vip.DefaultPool4, vip.DefaultPool6
-	fs.Var(&m.sources, "source", "where apps come from: file:PATH or marathon:URL (repeat to merge)")
+	fs.Var(&m.sources, "source", "where apps come from: file:PATH or marathon:URL (repeat to merge); in cluster mode etcd:URL[,URL] alone")
 	fs.Var(prefixFlag{&m.pool4}, "vip-pool", "IPv4 pool of named VIP addresses")
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")

@@ -22,7 +22,7 @@ Usage:
   l4lb cleanup [--table NAME]                          remove the table, routes and iptables rules
   l4lb controller --source SPEC --etcd URL[,URL]       cluster mode: the elected writer of VIPs to etcd
 
-Sources: file:PATH (a JSON file of Marathon apps), marathon:URL.
+Sources: file:PATH (a JSON file of Marathon apps), marathon:URL; agents in cluster mode: etcd:URL[,URL].
 Every flag also reads the environment variable L4LB_<FLAG> (dashes as underscores).
 Run "l4lb COMMAND -h" for the flags of a command.
 `
