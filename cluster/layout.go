@@ -316,7 +316,10 @@ func (l Layout) VIPGroup(key string, value []byte) source.Group {
 
 // Decls are the declarations that rebuild v in an agent's Index: one per
 // app, each with that app's backends (backends of no listed app go with
-// the first), a named VIP pinned at v.Addr.
+// the first), a named VIP pinned at v.Addr. An IP VIP is declared by its
+// address, not pinned: the agent's pipeline checks it like any other, and
+// that is where the agent-local part of the IP VIP guard applies (issue
+// 15: the agent's own addresses and connected networks).
 func Decls(v vip.VIP) []vip.Decl {
 	spec := vip.Spec{Name: v.Name, Port: v.Port}
 	var pin netip.Addr

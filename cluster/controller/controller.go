@@ -30,7 +30,14 @@ type Config struct {
 	Layout  cluster.Layout
 	TTL     time.Duration // session (lease) TTL; 5 s when zero; rounded up to seconds
 	Sources []source.Source
-	Model   vip.Config // pools, domain, resolver; Previous comes from etcd
+	// Model: pools, domain, resolver; Previous comes from etcd. Hook for
+	// the IP VIP guard (issue 15): the controller applies the parts every
+	// agent shares (static ranges, --ip-vip-ranges, task hosts); the
+	// agent-local part (an agent's own addresses and connected networks)
+	// cannot be known here, so each agent applies it in its own pipeline,
+	// where the IP VIPs read from etcd arrive as declarations like any
+	// other (cluster.Decls).
+	Model vip.Config
 	// Name is this controller in the election value (host name, address).
 	Name    string
 	Metrics *Metrics // nil: not measured
