@@ -24,6 +24,11 @@ type SourceOptions struct {
 	// Probe is how often the source checks that etcd answers and how far
 	// its watch is behind; 2 s when zero.
 	Probe time.Duration
+	// MinRelist bounds how often Relist (the pipeline's --resync) lists
+	// again: the watch is reliable, and a thousand agents listing every
+	// resync would load etcd with nothing to gain. Lists after a broken
+	// watch or a compaction are not bounded. 10 minutes when zero.
+	MinRelist time.Duration
 	// CheckConfig is called with the config key's value at every list and
 	// whenever it changes; an error (flags that disagree) is reported as
 	// the source being stale, and the VIPs still flow. nil accepts any.
@@ -56,6 +61,9 @@ func NewSource(cli *clientv3.Client, layout Layout, name string, opts SourceOpti
 	if opts.Probe <= 0 {
 		opts.Probe = 2 * time.Second
 	}
+	if opts.MinRelist <= 0 {
+		opts.MinRelist = 10 * time.Minute
+	}
 	if opts.Metrics == nil {
 		opts.Metrics = NewSourceMetrics(nil)
 	}
@@ -67,7 +75,8 @@ func NewSource(cli *clientv3.Client, layout Layout, name string, opts SourceOpti
 
 func (s *Source) String() string { return s.name }
 
-// Relist asks for a full list; it never blocks.
+// Relist asks for a full list; it never blocks. Requests within
+// SourceOptions.MinRelist of the last list are ignored.
 func (s *Source) Relist() {
 	select {
 	case s.relist <- struct{}{}:
@@ -135,11 +144,12 @@ func (s *Source) Run(ctx context.Context, _ vip.Config, sink source.Sink) error 
 
 // runState is one Run's memory.
 type runState struct {
-	s       *Source
-	sink    source.Sink
-	isStale bool
-	applied atomic.Int64 // revision of everything delivered so far
-	cfgErr  error
+	s        *Source
+	sink     source.Sink
+	isStale  bool
+	applied  atomic.Int64 // revision of everything delivered so far
+	cfgErr   error
+	listedAt time.Time // when the last list was delivered
 }
 
 func (st *runState) stale(err error) {
@@ -185,6 +195,7 @@ func (st *runState) list(ctx context.Context) (int64, error) {
 	}
 	st.sink.Replace(groups)
 	st.applied.Store(rev)
+	st.listedAt = time.Now()
 	m := s.opts.Metrics
 	m.lists.Inc()
 	m.listDuration.Observe(time.Since(start).Seconds())
@@ -265,7 +276,9 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 		case <-ctx.Done():
 			return "shutdown", nil
 		case <-s.relist:
-			return "relist", errRelist
+			if time.Since(st.listedAt) >= s.opts.MinRelist {
+				return "relist", errRelist
+			}
 		case err := <-probeErr:
 			if err != nil {
 				st.stale(fmt.Errorf("etcd does not answer: %w", err))

@@ -131,7 +131,8 @@ func startAgent(t *testing.T, srv *etcdtest.Server, pageSize int) *agent {
 	l, _ := cluster.NewLayout("/l4lb")
 	m := cluster.NewSourceMetrics(prometheus.NewRegistry())
 	a := &agent{link: link, sink: newFakeSink(), m: m, done: make(chan struct{})}
-	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), cluster.SourceOptions{PageSize: pageSize, Probe: 300 * time.Millisecond, Metrics: m})
+	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), cluster.SourceOptions{PageSize: pageSize, Probe: 300 * time.Millisecond, Metrics: m,
+		MinRelist: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	go func() { defer close(a.done); a.src.Run(ctx, vip.Config{}, a.sink) }()

@@ -222,6 +222,14 @@ func (c *Controller) lead(ctx context.Context, key string, rev int64) error {
 		var stats Stats
 		var err error
 		if full {
+			if why&(runner.Resync|runner.Retry) != 0 {
+				// Read etcd again: keys written behind the leader's back
+				// (by hand, by a deposed leader's last transaction) are
+				// put right.
+				if _, err := w.Load(ctx); err != nil {
+					return fmt.Errorf("read etcd: %w", err)
+				}
+			}
 			stats, err = w.Write(ctx, c.cfg.Layout.Desired(conf, state))
 		} else {
 			stats, err = w.Apply(ctx, w.changeOps(conf, state, ch))
