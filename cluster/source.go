@@ -40,9 +40,9 @@ type SourceOptions struct {
 // Source is the agents' source etcd:URL[,URL] (DESIGN section 10): a
 // paginated list of the VIP keys at one revision, delivered with Replace,
 // then a watch from the next revision, each event an Update of its key. A
-// compacted revision, a broken watch or Relist list again. While etcd does
-// not answer, the source says so (Stale) and the pipeline keeps its last
-// groups; the watch resumes from where it was once etcd is back.
+// compacted revision, a broken watch, etcd answering again after an outage,
+// or Relist list again. While etcd does not answer, the source says so
+// (Stale) and the pipeline keeps its last groups.
 type Source struct {
 	cli    *clientv3.Client
 	layout Layout
@@ -271,6 +271,7 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 		}
 	}()
 
+	down := false // the probe failed since this watch started
 	for {
 		select {
 		case <-ctx.Done():
@@ -281,7 +282,14 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 			}
 		case err := <-probeErr:
 			if err != nil {
+				down = true
 				st.stale(fmt.Errorf("etcd does not answer: %w", err))
+			} else if down {
+				// etcd answers again. The client resumes its watch on its
+				// own, but events lost around a reconnect are not always
+				// replayed (a compaction at exactly the resume revision
+				// drops that revision's deletions): list again.
+				return "reconnected", errors.New("etcd answers again after an outage")
 			} else {
 				st.stale(nil)
 				if lag := head.Load() - st.applied.Load(); lag > 0 {
@@ -294,6 +302,8 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 			if !ok {
 				return "closed", errors.New("watch channel closed")
 			}
+			s.opts.Logger.Debug("etcd watch response", "source", s.name, "revision", wr.Header.Revision, "events", len(wr.Events),
+				"progress", wr.IsProgressNotify(), "compactRevision", wr.CompactRevision, "canceled", wr.Canceled, "err", wr.Err())
 			if wr.CompactRevision != 0 {
 				return "compacted", fmt.Errorf("revision %d compacted (at %d)", st.applied.Load()+1, wr.CompactRevision)
 			}
@@ -383,7 +393,7 @@ type SourceMetrics struct {
 func NewSourceMetrics(reg prometheus.Registerer) *SourceMetrics {
 	m := &SourceMetrics{
 		watchRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "l4lb_etcd_watch_restarts_total",
-			Help: "Times the etcd watch ended and the VIPs were listed again, by reason (compacted, error, closed, relist)"}, []string{"reason"}),
+			Help: "Times the etcd watch ended and the VIPs were listed again, by reason (compacted, reconnected, error, closed, relist)"}, []string{"reason"}),
 		lists: prometheus.NewCounter(prometheus.CounterOpts{Name: "l4lb_etcd_lists_total",
 			Help: "Full lists of the VIP keys in etcd"}),
 		listDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "l4lb_etcd_list_duration_seconds",

@@ -122,6 +122,10 @@ type agent struct {
 }
 
 func startAgent(t *testing.T, srv *etcdtest.Server, pageSize int) *agent {
+	return startAgentProbe(t, srv, pageSize, 300*time.Millisecond)
+}
+
+func startAgentProbe(t *testing.T, srv *etcdtest.Server, pageSize int, probe time.Duration) *agent {
 	t.Helper()
 	link := srv.Link()
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{srv.Endpoint()}, Dial: link.Dial, DialTimeout: time.Second})
@@ -131,7 +135,7 @@ func startAgent(t *testing.T, srv *etcdtest.Server, pageSize int) *agent {
 	l, _ := cluster.NewLayout("/l4lb")
 	m := cluster.NewSourceMetrics(prometheus.NewRegistry())
 	a := &agent{link: link, sink: newFakeSink(), m: m, done: make(chan struct{})}
-	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), cluster.SourceOptions{PageSize: pageSize, Probe: 300 * time.Millisecond, Metrics: m,
+	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), cluster.SourceOptions{PageSize: pageSize, Probe: probe, Metrics: m,
 		MinRelist: time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
@@ -239,6 +243,39 @@ func TestSourceCutCompactHeal(t *testing.T) {
 	if r, _ := a.sink.counts(); r != 2 {
 		t.Fatalf("%d lists, want a second after the compaction", r)
 	}
+	if got := testutil.ToFloat64(a.m.RestartsForTest("reconnected")) + testutil.ToFloat64(a.m.RestartsForTest("compacted")); got != 1 {
+		t.Fatalf("restarts after the heal: %v", got)
+	}
+}
+
+// A watch that resumes past a compaction (a short break the probe did not
+// see) is told so by etcd, and the source lists again.
+func TestSourceCompacted(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	cli := client(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, _ := cluster.NewLayout("/l4lb")
+	k, v := vipValue("198.18.0.1", 80, "198.19.0.11")
+	if _, err := cli.Put(ctx, k, v); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentProbe(t, srv, 0, time.Hour)
+	waitUntil(t, "the list", 5*time.Second, func() bool { return a.sink.summary() == "198.18.0.1/tcp/80=198.19.0.11" })
+	a.link.Cut()
+	if _, err := cli.Delete(ctx, l.VIPs()+"198.18.0.1/tcp/80"); err != nil {
+		t.Fatal(err)
+	}
+	k, v = vipValue("198.18.0.2", 80, "198.19.0.12")
+	resp, err := cli.Put(ctx, k, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	a.link.Heal()
+	waitUntil(t, "listed again", 15*time.Second, func() bool { return a.sink.summary() == "198.18.0.2/tcp/80=198.19.0.12" })
 	if got := testutil.ToFloat64(a.m.RestartsForTest("compacted")); got != 1 {
 		t.Fatalf("compacted restarts %v", got)
 	}
