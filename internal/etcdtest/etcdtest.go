@@ -177,6 +177,17 @@ func (s *Server) Restart() error {
 	}
 }
 
+// Pid is the server's process id (ip netns exec executes etcd in its
+// place), 0 when it is not running.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Stop kills the server (SIGKILL, as a crash) and waits for it to exit. The
 // data directory stays for Restart.
 func (s *Server) Stop() {
