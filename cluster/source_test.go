@@ -126,6 +126,10 @@ func startAgent(t *testing.T, srv *etcdtest.Server, pageSize int) *agent {
 }
 
 func startAgentProbe(t *testing.T, srv *etcdtest.Server, pageSize int, probe time.Duration) *agent {
+	return startAgentOpts(t, srv, cluster.SourceOptions{PageSize: pageSize, Probe: probe, MinRelist: time.Millisecond})
+}
+
+func startAgentOpts(t *testing.T, srv *etcdtest.Server, opts cluster.SourceOptions) *agent {
 	t.Helper()
 	link := srv.Link()
 	cli, err := cluster.NewClient(cluster.ClientConfig{Endpoints: []string{srv.Endpoint()}, Dial: link.Dial, DialTimeout: time.Second})
@@ -135,8 +139,8 @@ func startAgentProbe(t *testing.T, srv *etcdtest.Server, pageSize int, probe tim
 	l, _ := cluster.NewLayout("/l4lb")
 	m := cluster.NewSourceMetrics(prometheus.NewRegistry())
 	a := &agent{link: link, sink: newFakeSink(), m: m, done: make(chan struct{})}
-	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), cluster.SourceOptions{PageSize: pageSize, Probe: probe, Metrics: m,
-		MinRelist: time.Millisecond})
+	opts.Metrics = m
+	a.src = cluster.NewSource(cli, l, "etcd:"+srv.Endpoint(), opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	go func() { defer close(a.done); a.src.Run(ctx, vip.Config{}, a.sink) }()
@@ -319,4 +323,23 @@ func client(t *testing.T, srv *etcdtest.Server) *clientv3.Client {
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+// The pipeline's --resync asks for a relist; within MinRelist of the last
+// list it is ignored (the watch is reliable; agents relisting every resync
+// would load etcd).
+func TestSourceRelistBounded(t *testing.T) {
+	srv := etcdtest.Start(t, etcdtest.Options{})
+	cli := client(t, srv)
+	k, v := vipValue("198.18.0.1", 80, "198.19.0.11")
+	if _, err := cli.Put(context.Background(), k, v); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentOpts(t, srv, cluster.SourceOptions{MinRelist: time.Hour})
+	waitUntil(t, "the list", 5*time.Second, func() bool { r, _ := a.sink.counts(); return r == 1 })
+	a.src.Relist()
+	time.Sleep(500 * time.Millisecond)
+	if r, _ := a.sink.counts(); r != 1 {
+		t.Fatalf("%d lists after a Relist within MinRelist", r)
+	}
 }
