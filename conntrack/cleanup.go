@@ -140,10 +140,10 @@ func (c *Cleaner) Applied(ctx context.Context, s vip.State) (Result, error) {
 
 // Changed is Applied when the caller knows what changed: before lists the
 // VIPs that changed or went, as they were; s is the state now. Its cost is
-// that of the change, not of the state.
+// that of the change, not of the state. The first call is a full pass.
 func (c *Cleaner) Changed(ctx context.Context, s vip.State, before []vip.VIP) (Result, error) {
 	if !c.started {
-		return c.Applied(ctx, s)
+		c.started, c.full = true, true
 	}
 	sus, former := LostIn(before, s, c.flush)
 	for _, a := range sus {
@@ -161,10 +161,18 @@ func (c *Cleaner) Changed(ctx context.Context, s vip.State, before []vip.VIP) (R
 
 // Reconcile runs a full pass against s now, whatever changed: for the
 // periodic resync, which also catches a flow that was DNATed to a removed
-// backend while its ruleset change was being applied.
-func (c *Cleaner) Reconcile(ctx context.Context, s vip.State) (Result, error) {
+// backend while its ruleset change was being applied. changed, when given,
+// lists the VIPs that changed since the last call, as they were (for a
+// caller whose states are views of one changing list); otherwise the
+// previous state is compared with s.
+func (c *Cleaner) Reconcile(ctx context.Context, s vip.State, changed ...[]vip.VIP) (Result, error) {
 	if c.started {
-		_, former := Lost(c.prev, s, c.flush)
+		var former []netip.Addr
+		if len(changed) > 0 {
+			_, former = LostIn(changed[0], s, c.flush)
+		} else {
+			_, former = Lost(c.prev, s, c.flush)
+		}
 		for _, a := range former {
 			c.former[a] = true
 		}

@@ -12,6 +12,7 @@ package dns
 
 import (
 	"hash/fnv"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
@@ -65,7 +66,8 @@ func (z *Zone) each(fn func(name string, n *node)) {
 // or not) replaced: an empty list removes the name. Names outside the zone
 // or invalid are ignored, as Records does. The cost is that of the names
 // given: the new zone shares z's records and keeps the changes apart until
-// they grow to an eighth of the zone, when they are merged. A removed name
+// they grow past about twice the square root of the zone, when they are
+// merged. A removed name
 // may leave its parent as an empty non-terminal until then.
 func (z *Zone) Patch(names map[string][]netip.Addr) *Zone {
 	if len(names) == 0 {
@@ -102,7 +104,10 @@ func (z *Zone) Patch(names map[string][]netip.Addr) *Zone {
 			}
 		}
 	}
-	if len(nz.over) > 64 && len(nz.over) > len(nz.nodes)/8 {
+	// The overlay is copied at every patch and merging costs the whole
+	// zone: bounding it by about the square root of the zone keeps both
+	// near that, per change.
+	if limit := max(64, 2*int(math.Sqrt(float64(len(nz.nodes))))); len(nz.over) > limit {
 		addrs := map[string][]netip.Addr{}
 		nz.each(func(name string, n *node) {
 			if len(n.a)+len(n.aaaa) > 0 {

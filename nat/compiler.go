@@ -51,6 +51,8 @@ type delta struct {
 // the next Update.
 func (c *Compiler) Full(s vip.State) *Ruleset {
 	r := Compile(s, c.table)
+	// Updates change these lists in place: give them their own.
+	r.Hairpin, r.IPVIPs = slices.Clone(r.Hairpin), slices.Clone(r.IPVIPs)
 	c.rs = r
 	c.hairpin, c.ipvips, c.counts = map[netip.Addr]int{}, map[netip.Addr]int{}, map[int]int{}
 	for _, e := range r.VIPs {
@@ -134,12 +136,8 @@ func (c *Compiler) Update(s vip.State, ch vip.Change) *Ruleset {
 	r.VIPs = patchElems(old.VIPs, before, after)
 	d.hairpinAdd, d.hairpinDel = flips(c.hairpin, hairpinBefore)
 	d.ipvipsAdd, d.ipvipsDel = flips(c.ipvips, ipBefore)
-	if len(d.hairpinAdd)+len(d.hairpinDel) > 0 {
-		r.Hairpin = patchAddrs(old.Hairpin, d.hairpinAdd, d.hairpinDel)
-	}
-	if len(d.ipvipsAdd)+len(d.ipvipsDel) > 0 {
-		r.IPVIPs = patchAddrs(old.IPVIPs, d.ipvipsAdd, d.ipvipsDel)
-	}
+	r.Hairpin = patchAddrs(old.Hairpin, d.hairpinAdd, d.hairpinDel)
+	r.IPVIPs = patchAddrs(old.IPVIPs, d.ipvipsAdd, d.ipvipsDel)
 	for n, k := range c.counts {
 		if k <= 0 {
 			delete(c.counts, n)
@@ -175,17 +173,19 @@ func flips(m map[netip.Addr]int, before map[netip.Addr]bool) (add, del []netip.A
 	return add, del
 }
 
-// patchAddrs returns a new sorted list: list with add and without del.
+// patchAddrs changes a sorted list in place: add inserted, del removed.
 func patchAddrs(list, add, del []netip.Addr) []netip.Addr {
-	out := make([]netip.Addr, 0, len(list)+len(add))
-	for _, a := range list {
-		if _, gone := slices.BinarySearchFunc(del, a, netip.Addr.Compare); !gone {
-			out = append(out, a)
+	for _, a := range del {
+		if i, ok := slices.BinarySearchFunc(list, a, netip.Addr.Compare); ok {
+			list = slices.Delete(list, i, i+1)
 		}
 	}
-	out = append(out, add...)
-	slices.SortFunc(out, netip.Addr.Compare)
-	return slices.Compact(out)
+	for _, a := range add {
+		if i, ok := slices.BinarySearchFunc(list, a, netip.Addr.Compare); !ok {
+			list = slices.Insert(list, i, a)
+		}
+	}
+	return list
 }
 
 func searchElem(list []VIPElem, k vip.Key) (int, bool) {

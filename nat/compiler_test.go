@@ -38,6 +38,7 @@ func randomDecls(r *rand.Rand, app string) []vip.Decl {
 func cloneObserved(o *observed) *observed {
 	c := *o
 	c.vips = slices.Clone(o.vips)
+	c.ipvips, c.hairpin = slices.Clone(o.ipvips), slices.Clone(o.hairpin)
 	c.sets = map[string]bool{}
 	for k, v := range o.sets {
 		c.sets[k] = v

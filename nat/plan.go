@@ -129,6 +129,7 @@ type plan struct {
 	hairpinDel []netip.Addr
 	strays     []beKey  // backend elements to delete
 	dropChains []string // lbN chains no longer used, deleted last
+	delta      bool     // from makeDeltaPlan: the address lists are patched, not copied
 }
 
 // unit is one VIP's changes: the old element out, slots changed, the new
@@ -293,6 +294,7 @@ func makeDeltaPlan(o *observed, want *Ruleset) *plan {
 	p.strays = o.strays
 	p.ipvipsAdd, p.ipvipsDel = d.ipvipsAdd, d.ipvipsDel
 	p.hairpinAdd, p.hairpinDel = d.hairpinAdd, d.hairpinDel
+	p.delta = true
 	return p
 }
 
@@ -354,6 +356,11 @@ func assignSlots(cur []netip.AddrPort, want []netip.AddrPort) []netip.AddrPort {
 	if len(cur) == n && slices.Equal(cur, want) {
 		return cur
 	}
+	if len(cur) == 0 {
+		// Nothing to keep in place: the wanted order is the slot order.
+		// The list is shared, never changed (rulesets replace it).
+		return slices.Clip(want)
+	}
 	wanted := make(map[netip.AddrPort]bool, n)
 	for _, a := range want {
 		wanted[a] = true
@@ -409,8 +416,8 @@ func addrChanges(cur, want []netip.Addr) (add, del []netip.Addr) {
 }
 
 // apply updates o to what the kernel holds after the plan succeeded and
-// returns it. It keeps references to want's slices: a Ruleset must not be
-// changed once applied.
+// returns it. It keeps no reference to want's address lists (a Compiler
+// changes them in place).
 func (o *observed) apply(p *plan, want *Ruleset) *observed {
 	if p.rebuild {
 		o = newObserved()
@@ -430,8 +437,14 @@ func (o *observed) apply(p *plan, want *Ruleset) *observed {
 	}
 	o.vips = applyUnits(o.vips, p.units)
 	o.strays = nil
-	o.ipvips = want.IPVIPs
-	o.hairpin = want.Hairpin
+	if p.delta {
+		// o's lists are its own: patch them as the plan did the kernel.
+		o.ipvips = patchAddrs(o.ipvips, p.ipvipsAdd, p.ipvipsDel)
+		o.hairpin = patchAddrs(o.hairpin, p.hairpinAdd, p.hairpinDel)
+	} else {
+		o.ipvips = slices.Clone(want.IPVIPs)
+		o.hairpin = slices.Clone(want.Hairpin)
+	}
 	return o
 }
 

@@ -146,6 +146,16 @@ func Compile(s vip.State, table string) *Ruleset {
 // compileVIP is one VIP's element: its active backends in address order.
 func compileVIP(v vip.VIP) VIPElem {
 	e := VIPElem{Key: v.Key(), Comment: Comment(v)}
+	n := 0
+	for _, b := range v.Backends {
+		if b.State == vip.Active {
+			n++
+		}
+	}
+	if n == 0 {
+		return e
+	}
+	e.Backends = make([]netip.AddrPort, 0, n)
 	for _, b := range v.Backends {
 		if b.State == vip.Active {
 			e.Backends = append(e.Backends, b.AddrPort())

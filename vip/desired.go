@@ -79,15 +79,27 @@ type group struct {
 	apps     map[string]bool
 	backends []Backend  // deduplicated and sorted by dedupe
 	labels   []string   // app/label pairs, for problems
+	decls    int        // declarations merged
+	shared   bool       // backends is a declaration's list: copy before changing
 	pin4     netip.Addr // pinned addresses of a named VIP (Decl.Addr)
 	pin6     netip.Addr
 }
 
-// add merges a declaration into the group.
+// add merges a declaration into the group. The first declaration's
+// backends are shared, not copied (dedupe copies before changing them).
 func (g *group) add(d Decl) {
 	g.apps[d.App] = true
 	g.labels = append(g.labels, d.App+" "+d.Label)
-	g.backends = append(g.backends, d.Backends...)
+	switch {
+	case g.decls == 0:
+		g.backends, g.shared = d.Backends, true
+	case g.shared:
+		g.backends = append(slices.Clone(g.backends), d.Backends...)
+		g.shared = false
+	default:
+		g.backends = append(g.backends, d.Backends...)
+	}
+	g.decls++
 	if d.Spec.Name != "" && d.Addr.IsValid() {
 		if d.Addr.Is4() {
 			if !g.pin4.IsValid() || d.Addr.Less(g.pin4) {
@@ -216,10 +228,33 @@ func sortProblems(ps []Problem) []Problem {
 // address and port: when two tasks share one, the best state wins (active,
 // then draining, then unhealthy), then the first task id.
 func (g *group) dedupe() {
-	slices.SortFunc(g.backends, func(a, b Backend) int {
-		return cmp.Or(a.AddrPort().Compare(b.AddrPort()), cmp.Compare(a.State, b.State), strings.Compare(a.Task, b.Task))
-	})
+	if g.shared {
+		if sortedUnique(g.backends) {
+			return // as declared: nothing to change, nothing to copy
+		}
+		g.backends, g.shared = slices.Clone(g.backends), false
+	}
+	sortBackends(g.backends)
 	g.backends = slices.CompactFunc(g.backends, func(a, b Backend) bool { return a.AddrPort() == b.AddrPort() })
+}
+
+func compareBackends(a, b Backend) int {
+	return cmp.Or(a.AddrPort().Compare(b.AddrPort()), cmp.Compare(a.State, b.State), strings.Compare(a.Task, b.Task))
+}
+
+// sortBackends puts backends in the order of a VIP: address and port, the
+// best state first, then task.
+func sortBackends(list []Backend) { slices.SortFunc(list, compareBackends) }
+
+// sortedUnique reports whether backends are in VIP order with no address
+// and port twice.
+func sortedUnique(list []Backend) bool {
+	for i := 1; i < len(list); i++ {
+		if compareBackends(list[i-1], list[i]) > 0 || list[i-1].AddrPort() == list[i].AddrPort() {
+			return false
+		}
+	}
+	return true
 }
 
 // portDecls reads the VIP labels of one port, sorted by label key.

@@ -1,12 +1,14 @@
 package vip
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -564,5 +566,45 @@ func TestMarathonFixtures(t *testing.T) {
 		if got := vipsOf(s); len(problems) > 0 || !slices.Equal(got, want) {
 			t.Errorf("%s with a VIP label: %v, problems %v; want %v", name, got, problemsOf(problems), want)
 		}
+	}
+}
+
+// A large list takes the parallel path; it must give what the one-pass
+// decoder gives, and refuse what it refuses.
+func TestParseAppsParallel(t *testing.T) {
+	var sb strings.Builder
+	sb.WriteString(`{"version": "x", "apps": [`)
+	for a := range parallelMin + 10 {
+		if a > 0 {
+			sb.WriteString(",\n")
+		}
+		fmt.Fprintf(&sb, `{"id": "app%d", "cmd": "echo \"}]\\\"", "portDefinitions": [{"port": 0, "labels": {"VIP_0": "a%d:80"}}], "healthChecks": [{}], "tasks": [{"id": "t", "host": "198.19.0.1", "ports": [31000], "state": "TASK_RUNNING"}]}`, a, a)
+	}
+	sb.WriteString(`], "more": {"x": [1, 2]}}`)
+	data := []byte(sb.String())
+	apps, problems, err := ParseApps(data)
+	if err != nil || len(problems) != 0 || len(apps) != parallelMin+10 {
+		t.Fatalf("%d apps, %v, %v", len(apps), problems, err)
+	}
+	var list struct{ Apps []App }
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatal(err)
+	}
+	for i := range apps {
+		want := list.Apps[i]
+		want.ID = "/" + want.ID
+		if !reflect.DeepEqual(apps[i], want) {
+			t.Fatalf("app %d: %+v, want %+v", i, apps[i], want)
+		}
+	}
+	// Cut short after the list: not valid JSON, refused.
+	if _, _, err := ParseApps(data[:len(data)-1]); err == nil {
+		t.Error("a truncated list was accepted")
+	}
+	// One bad app among many: a problem naming it, the others kept.
+	bad := strings.Replace(string(data), `"ports": [31000]`, `"ports": ["x"]`, 1)
+	apps, problems, err = ParseApps([]byte(bad))
+	if err != nil || len(apps) != parallelMin+10 || len(problems) != 1 || problems[0].App != "/app0" {
+		t.Fatalf("one bad task: %d apps, %v, %v", len(apps), problems, err)
 	}
 }

@@ -26,7 +26,8 @@ type Index struct {
 	owner  map[netip.Addr]string // named allocations: address -> name
 	dirty  map[unitKey]bool
 
-	vips         []VIP // sorted by key; replaced, never changed in place
+	vips         []VIP // sorted by key; changed in place by Commit
+	version      uint64
 	allocChanged bool
 	allocSnap    Allocations
 	problems     []Problem // sorted; nil when it must be rebuilt
@@ -39,9 +40,30 @@ type indexGroup struct {
 }
 
 type indexUnit struct {
-	groups   map[string]int // keys of the groups that declare it, with their count of declarations
-	vips     []VIP          // sorted by key
+	groups   []unitRef // the groups that declare it (most units have one)
+	vips     []VIP     // sorted by key
 	problems []Problem
+}
+
+// unitRef is a group that declares a unit, with its count of declarations.
+type unitRef struct {
+	key string
+	n   int
+}
+
+// ref adds d (+1 or -1) to the count of group key.
+func (u *indexUnit) ref(key string, d int) {
+	for i := range u.groups {
+		if u.groups[i].key == key {
+			if u.groups[i].n += d; u.groups[i].n <= 0 {
+				u.groups = slices.Delete(u.groups, i, i+1)
+			}
+			return
+		}
+	}
+	if d > 0 {
+		u.groups = append(u.groups, unitRef{key, d})
+	}
 }
 
 // NewIndex returns an empty index. cfg.Previous holds addresses to give
@@ -78,10 +100,10 @@ func (x *Index) Set(key string, decls []Decl, problems []Problem) {
 		u := d.unit()
 		iu := x.units[u]
 		if iu == nil {
-			iu = &indexUnit{groups: map[string]int{}}
+			iu = &indexUnit{}
 			x.units[u] = iu
 		}
-		iu.groups[key]++
+		iu.ref(key, 1)
 		x.dirty[u] = true
 	}
 }
@@ -108,9 +130,7 @@ func (x *Index) unlink(key string, g *indexGroup) {
 	for _, d := range g.decls {
 		u := d.unit()
 		if iu := x.units[u]; iu != nil {
-			if iu.groups[key]--; iu.groups[key] <= 0 {
-				delete(iu.groups, key)
-			}
+			iu.ref(key, -1)
 		}
 		x.dirty[u] = true
 	}
@@ -154,6 +174,7 @@ func (x *Index) Commit() Change {
 	slices.SortFunc(after, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
 	if len(before)+len(after) > 0 {
 		x.vips = patchVIPs(x.vips, before, after)
+		x.version++
 	}
 	if x.allocChanged {
 		x.allocSnap = Allocations{V4: maps.Clone(x.alloc4), V6: maps.Clone(x.alloc6)}
@@ -161,8 +182,13 @@ func (x *Index) Commit() Change {
 	return Change{Before: before, After: after, Allocations: x.allocChanged}
 }
 
-// State returns the current desired state. Its slices are shared with
-// later States and must not be changed.
+// Version counts the Commits that changed the VIPs.
+func (x *Index) Version() uint64 { return x.version }
+
+// State returns the current desired state. It is a view: its VIPs are
+// changed in place by the next Commit (so that a change costs what it
+// changes, not a copy of every VIP). Copy it to keep it, and do not change
+// it.
 func (x *Index) State() State {
 	return State{VIPs: x.vips, Pool4: x.cfg.Pool4, Pool6: x.cfg.Pool6, Allocations: x.allocSnap}
 }
@@ -190,8 +216,8 @@ func (x *Index) recompute(u unitKey) (before, after []VIP) {
 		return nil, nil
 	}
 	groups := map[groupID]*group{}
-	for key := range iu.groups {
-		for _, d := range x.groups[key].decls {
+	for _, ref := range iu.groups {
+		for _, d := range x.groups[ref.key].decls {
 			if d.unit() != u {
 				continue
 			}
@@ -301,11 +327,7 @@ func (x *Index) buildName(name string, keys []groupID, groups map[groupID]*group
 		for _, k := range keys {
 			g := groups[k]
 			v := newVIP(g, a)
-			for _, b := range g.backends {
-				if b.Addr.Is4() == f.is4 {
-					v.Backends = append(v.Backends, b)
-				}
-			}
+			v.Backends = familyBackends(g.backends, f.is4)
 			vips = append(vips, v)
 		}
 	}
@@ -376,6 +398,30 @@ func (x *Index) buildIP(ip netip.Addr, keys []groupID, groups map[groupID]*group
 	return vips, problems
 }
 
+// familyBackends returns the backends of one family: the list itself when
+// they all are (the common case: no copy), else a copy of those that are.
+func familyBackends(list []Backend, is4 bool) []Backend {
+	n := 0
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			n++
+		}
+	}
+	switch n {
+	case 0:
+		return nil
+	case len(list):
+		return slices.Clip(list)
+	}
+	out := make([]Backend, 0, n)
+	for _, b := range list {
+		if b.Addr.Is4() == is4 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // VIPEqual reports whether two VIPs are the same in every field.
 func VIPEqual(a, b VIP) bool {
 	return a.Name == b.Name && a.Addr == b.Addr && a.Port == b.Port && a.Proto == b.Proto &&
@@ -413,36 +459,65 @@ func diffVIPs(old, cur []VIP) (before, after []VIP) {
 	return before, after
 }
 
-// patchVIPs returns a new sorted list: vips without before, with after.
+// patchVIPs changes a sorted list in place: the VIPs of before are
+// replaced by the VIPs of after with the same key, or removed, and the
+// other VIPs of after are inserted. Only insertions and removals move
+// memory; no change allocates unless the list grows past its capacity.
 func patchVIPs(vips, before, after []VIP) []VIP {
-	out := make([]VIP, 0, len(vips)-len(before)+len(after))
-	i, j, k := 0, 0, 0
-	for i < len(vips) || k < len(after) {
-		// Skip the VIPs that are replaced or gone.
-		if i < len(vips) && j < len(before) && vips[i].Key() == before[j].Key() {
-			i++
-			j++
+	if len(before)+len(after) > 64 && len(before)+len(after) > len(vips)/64 {
+		// Many changes (a relist): one merge, not a move per insertion.
+		return mergeVIPs(vips, before, after)
+	}
+	next := make(map[Key]int, len(after))
+	for i, v := range after {
+		next[v.Key()] = i
+	}
+	done := make([]bool, len(after))
+	for _, v := range before {
+		i := searchVIP(vips, v.Key())
+		if i == len(vips) || vips[i].Key() != v.Key() {
 			continue
 		}
-		switch {
-		case k == len(after) || (i < len(vips) && vips[i].Key().Compare(after[k].Key()) < 0):
-			// Copy the run of untouched VIPs up to the next change at once.
-			end := len(vips)
-			if j < len(before) {
-				end = min(end, searchVIP(vips, before[j].Key()))
-			}
-			if k < len(after) {
-				end = min(end, searchVIP(vips, after[k].Key()))
-			}
-			end = max(end, i+1)
-			out = append(out, vips[i:end]...)
-			i = end
-		default:
+		if j, ok := next[v.Key()]; ok {
+			vips[i] = after[j]
+			done[j] = true
+			continue
+		}
+		vips = slices.Delete(vips, i, i+1)
+	}
+	for j, v := range after {
+		if done[j] {
+			continue
+		}
+		i := searchVIP(vips, v.Key())
+		if i < len(vips) && vips[i].Key() == v.Key() {
+			vips[i] = v
+			continue
+		}
+		vips = slices.Insert(vips, i, v)
+	}
+	return vips
+}
+
+// mergeVIPs returns a new sorted list: vips without before, with after.
+func mergeVIPs(vips, before, after []VIP) []VIP {
+	gone := make(map[Key]bool, len(before))
+	for _, v := range before {
+		gone[v.Key()] = true
+	}
+	out := make([]VIP, 0, len(vips)-len(before)+len(after))
+	k := 0
+	for _, v := range vips {
+		for k < len(after) && after[k].Key().Compare(v.Key()) < 0 {
 			out = append(out, after[k])
 			k++
 		}
+		if gone[v.Key()] {
+			continue
+		}
+		out = append(out, v)
 	}
-	return out
+	return append(out, after[k:]...)
 }
 
 // searchVIP returns the index of the first VIP whose key is not below k.

@@ -1,7 +1,6 @@
 package vip
 
 import (
-	stdjson "encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -16,7 +15,7 @@ import (
 func randomApp(r *rand.Rand, id string) App {
 	app := App{ID: id}
 	if r.IntN(3) == 0 {
-		app.HealthChecks = make([]stdjson.RawMessage, 1+r.IntN(2))
+		app.HealthChecks = make([]HealthCheck, 1+r.IntN(2))
 	}
 	nports := 1 + r.IntN(2)
 	for p := 0; p < nports; p++ {
@@ -116,6 +115,7 @@ func TestIndexEqualsBuild(t *testing.T) {
 				t.Fatalf("seed %d step %d: change before %v after %v, want %v %v", seed, step, ch.Before, ch.After, b, a)
 			}
 			prev = got
+			prev.VIPs = slices.Clone(got.VIPs)
 		}
 	}
 }
@@ -159,7 +159,7 @@ func TestHealthMemory(t *testing.T) {
 		for _, ok := range results {
 			task.HealthCheckResults = append(task.HealthCheckResults, HealthCheckResult{Alive: ok})
 		}
-		return App{ID: "/a", HealthChecks: []stdjson.RawMessage{nil}, PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
+		return App{ID: "/a", HealthChecks: []HealthCheck{{}}, PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "a:80"}}},
 			Tasks: []Task{task}}
 	}
 	state := func(d []Decl) BackendState { return d[0].Backends[0].State }
@@ -184,5 +184,51 @@ func TestHealthMemory(t *testing.T) {
 	_, _, known = DeclareApp(gone, cfg, known)
 	if len(known) != 0 {
 		t.Fatalf("memory of a gone task kept: %v", known)
+	}
+}
+
+// TestPatchVIPsPaths: the in-place patch and the merge give the same list.
+func TestPatchVIPsPaths(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 5))
+	mk := func(i int) VIP {
+		return VIP{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), Port: 80, Proto: TCP}
+	}
+	for round := 0; round < 200; round++ {
+		var vips, before, after []VIP
+		present := map[int]bool{}
+		for i := 0; i < 300; i++ {
+			if r.IntN(2) == 0 {
+				vips = append(vips, mk(i))
+				present[i] = true
+			}
+		}
+		for i := 0; i < 300; i++ {
+			switch {
+			case present[i] && r.IntN(5) == 0: // removed
+				before = append(before, mk(i))
+			case present[i] && r.IntN(5) == 0: // changed
+				before = append(before, mk(i))
+				v := mk(i)
+				v.Name = "changed"
+				after = append(after, v)
+			case !present[i] && r.IntN(5) == 0: // added
+				after = append(after, mk(i))
+			}
+		}
+		merged := mergeVIPs(slices.Clone(vips), before, after)
+		small := slices.Clone(vips)
+		for _, v := range before {
+			small = patchVIPs(small, []VIP{v}, nil)
+		}
+		small = patchVIPs(small, nil, nil)
+		for _, v := range after {
+			small = patchVIPs(small, nil, []VIP{v})
+		}
+		if !reflect.DeepEqual(nonNil(merged), nonNil(small)) {
+			t.Fatalf("round %d: merge and in-place patch differ", round)
+		}
+		if !slices.IsSortedFunc(merged, func(a, b VIP) int { return a.Key().Compare(b.Key()) }) {
+			t.Fatalf("round %d: not sorted", round)
+		}
 	}
 }

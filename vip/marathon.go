@@ -5,21 +5,29 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // App is the part of a Marathon app definition that l4lb reads. Unknown fields
 // are ignored. ParseApps drops a task or a label that does not decode (and
 // reports it), so that the rest of the app is kept.
 type App struct {
-	ID              string            `json:"id"`
-	PortDefinitions []Port            `json:"portDefinitions"`
-	Container       *Container        `json:"container"`
-	Networks        []Network         `json:"networks"`
-	IPAddress       *AppIPAddress     `json:"ipAddress"`
-	HealthChecks    []json.RawMessage `json:"healthChecks"`
-	Tasks           []Task            `json:"tasks"`
+	ID              string        `json:"id"`
+	PortDefinitions []Port        `json:"portDefinitions"`
+	Container       *Container    `json:"container"`
+	Networks        []Network     `json:"networks"`
+	IPAddress       *AppIPAddress `json:"ipAddress"`
+	HealthChecks    []HealthCheck `json:"healthChecks"`
+	Tasks           []Task        `json:"tasks"`
 }
+
+// HealthCheck is one of an app's health checks: only their number matters
+// (a task is active once every check has a result), so nothing of it is
+// kept.
+type HealthCheck struct{}
 
 // Port is an entry of portDefinitions or of a portMappings list.
 type Port struct {
@@ -92,18 +100,26 @@ func ParseApps(data []byte) ([]App, []Problem, error) {
 	// Fast path: a well-formed list decodes in one pass. Anything else
 	// (an app that does not decode, another shape) takes the slow path,
 	// which isolates the culprits.
-	switch data[0] {
-	case '[':
-		var apps []App
-		if json.Unmarshal(data, &apps) == nil {
+	// A large list is cut into its elements and decoded on every CPU.
+	// The cut checks only the nesting: the whole input must be valid JSON.
+	if elems, ok := appElements(data); ok && len(elems) >= parallelMin && json.Valid(data) {
+		if apps, ok := decodeParallel(elems); ok {
 			return finishApps(apps)
 		}
-	case '{':
-		var list struct {
-			Apps *[]App `json:"apps"`
-		}
-		if json.Unmarshal(data, &list) == nil && list.Apps != nil {
-			return finishApps(*list.Apps)
+	} else {
+		switch data[0] {
+		case '[':
+			var apps []App
+			if json.Unmarshal(data, &apps) == nil {
+				return finishApps(apps)
+			}
+		case '{':
+			var list struct {
+				Apps *[]App `json:"apps"`
+			}
+			if json.Unmarshal(data, &list) == nil && list.Apps != nil {
+				return finishApps(*list.Apps)
+			}
 		}
 	}
 	var raws []json.RawMessage
@@ -280,4 +296,155 @@ func decodeLenient(raw []byte) (App, []Problem, error) {
 		app.Tasks = append(app.Tasks, t)
 	}
 	return app, problems, nil
+}
+
+// parallelMin is the number of apps from which a list is decoded in
+// parallel.
+const parallelMin = 256
+
+// appElements finds the elements of an app list: a top-level array, or
+// the array under a top-level "apps" key. ok is false when the input is
+// not of that shape (the slow path then says why).
+func appElements(data []byte) ([][]byte, bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) {
+		return nil, false
+	}
+	if data[i] == '{' {
+		// Find "apps" among the top-level keys; Marathon writes it first.
+		i = skipSpace(data, i+1)
+		for i < len(data) && data[i] == '"' {
+			end, ok := skipString(data, i)
+			if !ok {
+				return nil, false
+			}
+			key := data[i+1 : end-1]
+			i = skipSpace(data, end)
+			if i >= len(data) || data[i] != ':' {
+				return nil, false
+			}
+			i = skipSpace(data, i+1)
+			if string(key) == "apps" {
+				break
+			}
+			if i, ok = skipValue(data, i); !ok {
+				return nil, false
+			}
+			i = skipSpace(data, i)
+			if i < len(data) && data[i] == ',' {
+				i = skipSpace(data, i+1)
+			}
+		}
+	}
+	if i >= len(data) || data[i] != '[' {
+		return nil, false
+	}
+	var out [][]byte
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == ']' {
+		return out, true
+	}
+	for i < len(data) {
+		end, ok := skipValue(data, i)
+		if !ok {
+			return nil, false
+		}
+		out = append(out, data[i:end])
+		i = skipSpace(data, end)
+		if i >= len(data) {
+			return nil, false
+		}
+		if data[i] == ']' {
+			return out, true
+		}
+		if data[i] != ',' {
+			return nil, false
+		}
+		i = skipSpace(data, i+1)
+	}
+	return nil, false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string that starts at b[i].
+func skipString(b []byte, i int) (int, bool) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, true
+		}
+	}
+	return 0, false
+}
+
+// skipValue returns the index after the value that starts at b[i]. It
+// checks only the nesting; the decoder checks the rest.
+func skipValue(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				end, ok := skipString(b, j)
+				if !ok {
+					return 0, false
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1, true
+				}
+			}
+		}
+		return 0, false
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\n' && b[j] != '\t' && b[j] != '\r' {
+		j++
+	}
+	return j, j > i
+}
+
+// decodeParallel decodes app elements on every CPU; ok is false when one
+// does not decode (the slow path then isolates it).
+func decodeParallel(elems [][]byte) ([]App, bool) {
+	apps := make([]App, len(elems))
+	workers := min(runtime.GOMAXPROCS(0), 8)
+	var failed atomic.Bool
+	var wg sync.WaitGroup
+	chunk := (len(elems) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		lo, hi := w*chunk, min((w+1)*chunk, len(elems))
+		if lo >= hi {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := lo; i < hi && !failed.Load(); i++ {
+				if json.Unmarshal(elems[i], &apps[i]) != nil {
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return apps, !failed.Load()
 }

@@ -3,6 +3,7 @@ package vip
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -177,8 +178,24 @@ type liveTask struct {
 }
 
 // Health is the last known state of tasks that were seen with health
-// results, by task id: what a task keeps while its results are missing.
-type Health map[string]BackendState
+// results: what a task keeps while its results are missing. It is sorted
+// by task id (a slice, not a map: it is kept for every task).
+type Health []TaskHealth
+
+// TaskHealth is one task's last known state.
+type TaskHealth struct {
+	Task  string
+	State BackendState
+}
+
+// Get returns the last known state of a task.
+func (h Health) Get(task string) (BackendState, bool) {
+	i, ok := slices.BinarySearchFunc(h, task, func(t TaskHealth, id string) int { return strings.Compare(t.Task, id) })
+	if !ok {
+		return 0, false
+	}
+	return h[i].State, true
+}
 
 // parseTasks drops tasks that are not backends, and reports the ones that
 // did not decode or make no sense. known is the health memory of the app's
@@ -193,27 +210,27 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 		if id == "" {
 			id = fmt.Sprintf("#%d", i)
 		}
-		k, isKnown := known[t.ID]
+		k, isKnown := known.Get(t.ID)
 		st, fromResults, err := status(*t, len(app.HealthChecks), k, isKnown && t.ID != "")
 		if err != nil {
 			problems = append(problems, Problem{App: app.ID, Task: id, Reason: err.Error()})
 			continue
 		}
 		if t.ID != "" && st != statusSkip && (fromResults || isKnown) {
-			if next == nil {
-				next = Health{}
-			}
-			next[t.ID] = st.backendState()
+			keep := st.backendState()
 			if !fromResults {
-				next[t.ID] = k
+				keep = k
 			}
+			next = append(next, TaskHealth{t.ID, keep})
 		}
 		if st == statusSkip {
 			continue
 		}
 		out = append(out, liveTask{Task: t, id: id, state: st.backendState()})
 	}
-	return out, problems, next
+	slices.SortFunc(next, func(a, b TaskHealth) int { return strings.Compare(a.Task, b.Task) })
+	next = slices.CompactFunc(next, func(a, b TaskHealth) bool { return a.Task == b.Task })
+	return out, problems, slices.Clip(next)
 }
 
 // portBackends finds the backends of port i for every live task:
@@ -223,7 +240,7 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 //     each of the task's addresses and the container port.
 func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTask, r Resolver) ([]Backend, []Problem) {
 	port := ports[i]
-	var out []Backend
+	out := make([]Backend, 0, len(tasks))
 	var problems []Problem
 	for _, t := range tasks {
 		bad := func(format string, args ...any) {
@@ -264,6 +281,8 @@ func portBackends(app App, mode netMode, ports []appPort, i int, tasks []liveTas
 			out = append(out, Backend{Addr: a.Unmap(), Port: uint16(*port.ContainerPort), State: t.state, Task: t.id, App: app.ID})
 		}
 	}
+	// In VIP order already, so that a VIP declared once shares this list.
+	sortBackends(out)
 	return out, problems
 }
 

@@ -36,6 +36,9 @@ type Daemon struct {
 	Dir     string // working directory: apps file, state directory, log
 	APIPort int    // port of the API on the agent's loopback
 	Ready   time.Duration
+	// Source, when set, replaces the file source (a marathon:URL); Load
+	// still writes the apps file, unused then.
+	Source string
 
 	cmd     *exec.Cmd
 	done    chan error
@@ -132,8 +135,12 @@ func (d *Daemon) Start(ctx context.Context, agent *netns.NS) error {
 	}
 	// Not tied to ctx: Stop ends it with SIGTERM, so that the daemon's own
 	// shutdown path runs; the namespace's deletion kills it at the latest.
+	src := "file:" + d.AppsPath()
+	if d.Source != "" {
+		src = d.Source
+	}
 	cmd := exec.Command("ip", "netns", "exec", agent.Name, bin, "run",
-		"--source", "file:"+d.AppsPath(),
+		"--source", src,
 		"--vip-pool", scenario.Pool4.String(), "--vip-pool6", scenario.Pool6.String(),
 		"--state-dir", filepath.Join(d.Dir, "state"),
 		"--api-listen", "127.0.0.1:"+strconv.Itoa(d.APIPort),
@@ -151,6 +158,31 @@ func (d *Daemon) Start(ctx context.Context, agent *netns.NS) error {
 		logf.Close()
 	}()
 	return nil
+}
+
+// CPUSeconds is the CPU time (user and system) the daemon used so far,
+// from /proc/PID/stat, in clock ticks of 10 ms.
+func (d *Daemon) CPUSeconds() (float64, error) {
+	pid := d.Pid()
+	if pid == 0 {
+		return 0, errors.New("daemon not running")
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces: fields count from after its ')'.
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return (ut + st) / 100, nil
 }
 
 // Pid is the daemon's process id (ip netns exec execs it), 0 when it is

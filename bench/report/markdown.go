@@ -127,6 +127,20 @@ func (r *Results) Markdown(w io.Writer, plotDir, prefix string) error {
 		}
 	}
 
+	if len(r.Marathon) > 0 {
+		ew.printf("\n**Marathon path**: the daemon on a Marathon-shaped server (`/v2/apps`, `/v2/apps/{id}`, `/v2/events`) "+
+			"with N apps x 10 tasks; each change is announced by an event and measured %d times (p50 / p99); CPU and bytes read are per change:\n\n", r.Marathon[0].Reps)
+		ew.printf("| VIPs | cold s | RSS MiB | health bad: last new conn ms p50 / p99 | task added: first conn ms p50 / p99 | CPU ms/change | bytes read/change | full lists | note |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, m := range r.Marathon {
+			rss := "–"
+			if m.RSSBytes > 0 {
+				rss = strconv.FormatFloat(float64(m.RSSBytes)/(1<<20), 'f', 1, 64)
+			}
+			ew.printf("| %s | %s | %s | %s / %s | %s / %s | %s | %s | %d | %s |\n", size(m.VIPs), f(m.ColdSeconds, 2), rss,
+				f(m.BadP50Ms, 0), f(m.BadP99Ms, 0), f(m.AddP50Ms, 0), f(m.AddP99Ms, 0), f(m.CPUms, 2), thousands(m.BytesPerChange), m.Lists, note(m.Skipped, m.Error))
+		}
+	}
+
 	if c := r.Convergence; c != nil {
 		ew.printf("\n**Convergence** after a backend's health check fails in the source:\n\n")
 		ew.printf("| impl | last new conn to it ms | its established conntrack entries gone ms | all its live entries gone ms | held conns on it | note |\n|---|---|---|---|---|---|\n")

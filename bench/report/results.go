@@ -189,6 +189,26 @@ type ControlPoint struct {
 	Error          string `json:"error,omitempty"`
 }
 
+// MarathonPoint is the daemon on a Marathon-shaped server (marathon:URL):
+// N apps x 10 tasks, then changes announced on /v2/events, each measured
+// Reps times.
+type MarathonPoint struct {
+	VIPs           int    `json:"vips"`
+	Backends       int    `json:"backends_per_vip"`
+	Reps           int    `json:"reps"`
+	ColdSeconds    Num    `json:"cold_seconds"`
+	RSSBytes       int64  `json:"rss_bytes,omitempty"`
+	BadP50Ms       Num    `json:"health_bad_p50_ms"` // event to the start of the last new connection that reaches the failed task
+	BadP99Ms       Num    `json:"health_bad_p99_ms"` // (p99 of Reps: the largest but the top 1%)
+	AddP50Ms       Num    `json:"task_added_p50_ms"` // event to the first new connection that reaches the new task
+	AddP99Ms       Num    `json:"task_added_p99_ms"` //
+	CPUms          Num    `json:"cpu_ms_per_change"` // daemon CPU over every change, divided by the changes
+	BytesPerChange Num    `json:"bytes_per_change"`  // app data read from Marathon per change
+	Lists          int64  `json:"full_lists"`        // full lists read during the changes (0 expected)
+	Skipped        string `json:"skipped,omitempty"`
+	Error          string `json:"error,omitempty"`
+}
+
 // Convergence is what follows a backend's health turning bad in the source.
 type Convergence struct {
 	Impl          string `json:"impl"`
@@ -213,13 +233,14 @@ type Target struct {
 
 // Results is everything one run measured.
 type Results struct {
-	Meta        Meta           `json:"meta"`
-	Targets     []Target       `json:"targets"`
-	Throughput  []Throughput   `json:"throughput"`
-	ConnRate    *ConnRate      `json:"conn_rate"`
-	Scale       []ScalePoint   `json:"scale"`
-	Control     []ControlPoint `json:"control_plane"`
-	Convergence *Convergence   `json:"convergence"`
+	Meta        Meta            `json:"meta"`
+	Targets     []Target        `json:"targets"`
+	Throughput  []Throughput    `json:"throughput"`
+	ConnRate    *ConnRate       `json:"conn_rate"`
+	Scale       []ScalePoint    `json:"scale"`
+	Control     []ControlPoint  `json:"control_plane"`
+	Marathon    []MarathonPoint `json:"marathon,omitempty"`
+	Convergence *Convergence    `json:"convergence"`
 }
 
 // WriteJSON writes the results, indented, to path.

@@ -70,7 +70,10 @@ func startFakeMarathon(t *testing.T, ns *netns.NS, addr string) *fakeMarathon {
 			select {
 			case <-r.Context().Done():
 				return
-			case ev := <-ch:
+			case ev, ok := <-ch:
+				if !ok {
+					return // the leader went away
+				}
 				fmt.Fprintf(w, "event: %s\ndata: {\"eventType\":%q}\n\n", ev, ev)
 			case <-keepAlive.C:
 				fmt.Fprint(w, "\n")
@@ -98,6 +101,18 @@ func (m *fakeMarathon) set(apps, mode string, event string) {
 			default:
 			}
 		}
+	}
+}
+
+// failover is a Marathon leader change: every event stream ends, and the
+// new leader answers with apps (whose tasks have no health results yet).
+func (m *fakeMarathon) failover(apps string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.apps = apps
+	for ch := range m.streams {
+		close(ch)
+		delete(m.streams, ch)
 	}
 }
 

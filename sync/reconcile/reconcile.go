@@ -94,6 +94,14 @@ type Reconciler struct {
 	ctFullAt  time.Time // when the last full conntrack pass ran
 	published *dns.Zone // what DNS answers from; nil before the first publish
 	status    atomic.Pointer[Status]
+
+	// The index's state is a view that Commit changes in place: Commit
+	// runs under viewMu, and Status copies the view under its read lock,
+	// at most once per version.
+	viewMu    sync.RWMutex
+	cacheMu   sync.Mutex
+	cacheVer  uint64
+	cacheView []vip.VIP
 	trigger   atomic.Pointer[func()] // asks the runner for a sync; set by Run
 }
 
@@ -133,8 +141,29 @@ func New(cfg Config) *Reconciler {
 // the caller rather than by Run).
 func (r *Reconciler) Sink(i int) source.Sink { return r.trackers[i] }
 
-// Status returns the outcome of the last sync.
-func (r *Reconciler) Status() *Status { return r.status.Load() }
+// Status returns the outcome of the last sync. Its State is a copy that
+// later syncs do not change.
+func (r *Reconciler) Status() *Status {
+	st := *r.status.Load()
+	if !st.Synced && len(st.State.VIPs) == 0 {
+		return &st
+	}
+	r.cacheMu.Lock()
+	defer r.cacheMu.Unlock()
+	r.viewMu.RLock()
+	if ver := r.index.Version(); r.cacheView == nil || ver != r.cacheVer {
+		r.cacheView, r.cacheVer = slices.Clone(r.index.State().VIPs), ver
+		if r.cacheView == nil {
+			r.cacheView = []vip.VIP{}
+		}
+	}
+	r.viewMu.RUnlock()
+	st.State.VIPs = r.cacheView
+	return &st
+}
+
+// status is the last stored status, without its State's VIPs.
+func (r *Reconciler) lastStatus() Status { return *r.status.Load() }
 
 // ErrNoGoodState is returned while some source has not delivered its first
 // list: nothing is written to the kernel before that.
@@ -264,7 +293,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	if full {
 		kind = "full"
 	}
-	st := *r.Status()
+	st := r.lastStatus()
 	st.LastAttempt = r.cfg.Now()
 
 	ready, srcErrs, failures := r.take()
@@ -285,7 +314,9 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	}
 	defer func() { m.syncDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 
+	r.viewMu.Lock()
 	ch := r.index.Commit()
+	r.viewMu.Unlock()
 	state := r.index.State()
 	problems := r.index.Problems()
 	if ch.Allocations {
@@ -294,7 +325,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	r.counts.add(ch.Before, -1)
 	r.counts.add(ch.After, +1)
 	if !full && ch.Empty() {
-		st.State, st.Problems = state, problems
+		st.State, st.Problems = viewless(state), problems
 		st.LastError = ""
 		if srcErr != nil {
 			st.LastError = srcErr.Error()
@@ -347,7 +378,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	m.lastSuccess.Set(float64(r.cfg.Now().Unix()))
 	st.Synced = true
 	st.LastSuccess = r.cfg.Now()
-	st.State, st.Problems, st.Result = state, problems, res
+	st.State, st.Problems, st.Result = viewless(state), problems, res
 	st.LastError = ""
 	if srcErr != nil {
 		st.LastError = srcErr.Error()
@@ -372,6 +403,13 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 		return ctErr
 	}
 	return srcErr
+}
+
+// viewless is a state without its VIPs, for the stored status: Status
+// fills them with a copy.
+func viewless(s vip.State) vip.State {
+	s.VIPs = nil
+	return s
 }
 
 // ipvipsMoved reports whether a change added or removed IP VIPs (which the
@@ -406,9 +444,13 @@ func (r *Reconciler) dnsPatch(ch vip.Change) (pre, post *dns.Zone) {
 	now := make(map[string][]netip.Addr, len(names))
 	for name := range names {
 		as := r.index.NameAddrs(name)
-		now[name] = as
 		v4, v6, _ := r.published.Lookup(name)
-		for _, a := range append(v4, v6...) {
+		old := append(v4, v6...)
+		if slices.Equal(old, as) {
+			continue // a change of backends: the name keeps its addresses
+		}
+		now[name] = as
+		for _, a := range old {
 			if slices.Contains(as, a) {
 				keep[name] = append(keep[name], a)
 			}
@@ -416,6 +458,9 @@ func (r *Reconciler) dnsPatch(ch vip.Change) (pre, post *dns.Zone) {
 		if _, ok := keep[name]; !ok {
 			keep[name] = nil
 		}
+	}
+	if len(now) == 0 {
+		return nil, nil
 	}
 	pre = r.published.Patch(keep)
 	return pre, pre.Patch(now)
@@ -458,12 +503,11 @@ func (r *Reconciler) cleanConntrack(ctx context.Context, state vip.State, ch vip
 	}
 	var res conntrack.Result
 	var err error
-	switch {
-	case full && time.Since(r.ctFullAt) >= every:
-		res, err = c.Reconcile(ctx, state)
-	case full:
-		res, err = c.Applied(ctx, state)
-	default:
+	// The state is a view that changes in place: the cleaner must not
+	// compare it with an earlier one, so it is told what changed.
+	if full && time.Since(r.ctFullAt) >= every {
+		res, err = c.Reconcile(ctx, state, ch.Before)
+	} else {
 		res, err = c.Changed(ctx, state, ch.Before)
 	}
 	if res.Full && err == nil {

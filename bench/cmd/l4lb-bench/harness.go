@@ -759,3 +759,179 @@ func countConntrack(out string) (live, established int) {
 	}
 	return live, established
 }
+
+// --- Marathon path ---------------------------------------------------------
+
+// marathonPort is where the Marathon-shaped server listens on the agent's
+// loopback.
+const marathonPort = 18090
+
+// marathonReps is how often each change is measured.
+func (h *harness) marathonReps() int {
+	if h.cfg.mode == "quick" {
+		return 5
+	}
+	return 20
+}
+
+// marathon runs the daemon on a Marathon-shaped server of N apps x 10
+// tasks and measures changes announced by events: a task's health turning
+// bad (event to the last new connection that still reaches it), a task
+// added (event to the first new connection that reaches it), the daemon's
+// CPU and the bytes it reads from Marathon per change, and its RSS.
+func (h *harness) marathon(ctx context.Context) error {
+	if err := h.daemon.Supported(ctx); err != nil {
+		for _, n := range h.cfg.controlSizes {
+			h.res.Marathon = append(h.res.Marathon, report.MarathonPoint{VIPs: n, Skipped: err.Error()})
+		}
+		return nil
+	}
+	for _, n := range h.cfg.controlSizes {
+		p := report.MarathonPoint{VIPs: n, Backends: fillerBackends, Reps: h.marathonReps(), ColdSeconds: report.NaN(),
+			BadP50Ms: report.NaN(), BadP99Ms: report.NaN(), AddP50Ms: report.NaN(), AddP99Ms: report.NaN(),
+			CPUms: report.NaN(), BytesPerChange: report.NaN()}
+		if err := h.marathonPoint(ctx, &p); err != nil {
+			return err
+		}
+		h.logf("marathon %d VIPs: cold %.2fs rss %d health bad p50 %.0f p99 %.0f ms, task added p50 %.0f p99 %.0f ms, cpu %.2f ms/change, %.0f bytes/change, %d lists %s",
+			n, float64(p.ColdSeconds), p.RSSBytes, float64(p.BadP50Ms), float64(p.BadP99Ms), float64(p.AddP50Ms), float64(p.AddP99Ms),
+			float64(p.CPUms), float64(p.BytesPerChange), p.Lists, p.Error)
+		h.res.Marathon = append(h.res.Marathon, p)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// percentile returns the p-th percentile (0..1) of ms, nearest rank.
+func percentile(ms []float64, p float64) report.Num {
+	if len(ms) == 0 {
+		return report.NaN()
+	}
+	s := slices.Clone(ms)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return report.Num(s[max(0, min(i, len(s)-1))])
+}
+
+func (h *harness) marathonPoint(ctx context.Context, p *report.MarathonPoint) error {
+	probe := h.probeService(true)
+	st, err := h.spec(p.VIPs, probe).Build()
+	if err != nil {
+		return err
+	}
+	added, err := h.withSpare(p.VIPs, true).Build()
+	if err != nil {
+		return err
+	}
+	failed := probe.Backends[0].Addr
+	probe.Backends[0].Unhealthy = true
+	bad, err := h.spec(p.VIPs, probe).Build()
+	if err != nil {
+		return err
+	}
+	// The probe's app in each version; the other apps are the same.
+	_, base, err := layout.AppsByID(st.AppsJSON)
+	if err != nil {
+		return err
+	}
+	_, withSpare, err := layout.AppsByID(added.AppsJSON)
+	if err != nil {
+		return err
+	}
+	_, withBad, err := layout.AppsByID(bad.AppsJSON)
+	if err != nil {
+		return err
+	}
+	probeID := ""
+	for id, raw := range withSpare {
+		if !bytes.Equal(raw, base[id]) {
+			probeID = id
+		}
+	}
+	if probeID == "" {
+		return errors.New("marathon: the probe app does not change with the spare backend")
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", marathonPort)
+	m, err := layout.StartMarathon(h.env.agent(), addr, st.AppsJSON)
+	if err != nil {
+		p.Error = err.Error()
+		return nil
+	}
+	defer m.Close()
+	h.daemon.Source = "marathon:http://" + addr
+	defer func() { h.daemon.Source = "" }()
+	defer h.clear(ctx, h.daemon)
+	ld, err := h.load(ctx, h.daemon, st, p.VIPs)
+	if err != nil {
+		p.Skipped, p.Error = h.loadFailed("l4lb daemon (marathon)", p.VIPs, err)
+		return nil
+	}
+	p.ColdSeconds = report.Num(ld.Duration.Seconds())
+	vip, err := h.daemon.VIPAddr(ctx, h.env.agent(), st, probeName)
+	if err != nil {
+		p.Error = err.Error()
+		return nil
+	}
+	// Let the start's lists settle (the stream's attach lists once more).
+	time.Sleep(2 * time.Second)
+	set := func(raw []byte) { m.SetApp(probeID, raw); m.Event(probeID) }
+	settle := func() {
+		select {
+		case <-time.After(800 * time.Millisecond): // past --min-sync-interval
+		case <-ctx.Done():
+		}
+	}
+	cpu0, _ := h.daemon.CPUSeconds()
+	bytes0, lists0 := m.Served(), m.Lists()
+	changes := 0
+	var addMs, badMs []float64
+	mark := string(rune(h.env.markOf(failed)))
+	for i := 0; i < p.Reps && ctx.Err() == nil; i++ {
+		// A task added: the first new connection that reaches it.
+		d, err := h.changeWitness(ctx, vip, func() error { set(withSpare[probeID]); return nil })
+		changes++
+		if err != nil {
+			p.Error = "task added: " + err.Error()
+			break
+		}
+		addMs = append(addMs, float64(d.Microseconds())/1e3)
+		set(base[probeID])
+		changes++
+		settle()
+
+		// A task's health turns bad: the last new connection to it.
+		c, err := h.env.startClient(ctx, clientOpts{targets: []netip.AddrPort{vip}, workers: 2, duration: 1500 * time.Millisecond})
+		if err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond)
+		t0 := time.Now()
+		set(withBad[probeID])
+		changes++
+		r, err := c.result()
+		if err != nil {
+			p.Error = "health bad: " + err.Error()
+			break
+		}
+		if last, ok := r.LastNanos[mark]; ok {
+			badMs = append(badMs, max(0, float64(last-t0.UnixNano())/1e6))
+		}
+		set(base[probeID])
+		changes++
+		settle()
+	}
+	cpu1, _ := h.daemon.CPUSeconds()
+	if changes > 0 {
+		p.CPUms = report.Num((cpu1 - cpu0) * 1000 / float64(changes))
+		p.BytesPerChange = report.Num(float64(m.Served()-bytes0) / float64(changes))
+	}
+	p.Lists = m.Lists() - lists0
+	p.AddP50Ms, p.AddP99Ms = percentile(addMs, 0.5), percentile(addMs, 0.99)
+	p.BadP50Ms, p.BadP99Ms = percentile(badMs, 0.5), percentile(badMs, 0.99)
+	if rss, err := h.daemon.RSS(); err == nil {
+		p.RSSBytes = rss
+	}
+	return nil
+}

@@ -46,7 +46,7 @@ type config struct {
 
 var allLayouts = []string{"l4lb", "kube-nftables", "kube-iptables"}
 
-var allItems = []string{"throughput", "conn", "scale", "control", "converge"}
+var allItems = []string{"throughput", "conn", "scale", "control", "marathon", "converge"}
 
 // defaults per mode: quick runs everything with short runs and small sizes
 // in under two minutes; full is the real measurement.
@@ -234,6 +234,7 @@ func run(ctx context.Context, c *config, stdout, stderr io.Writer) (err error) {
 		{"conn", h.connRate},
 		{"scale", h.scale},
 		{"control", h.control},
+		{"marathon", h.marathon},
 		{"converge", h.converge},
 	}
 	for _, s := range steps {
