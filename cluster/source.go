@@ -22,7 +22,8 @@ import (
 type SourceOptions struct {
 	PageSize int // keys per list request; DefaultPageSize when zero
 	// Probe is how often the source checks that etcd answers and how far
-	// its watch is behind; 2 s when zero.
+	// its watch is behind, and how long it waits for the answer; 5 s when
+	// zero (a thousand agents probe 200 times a second).
 	Probe time.Duration
 	// MinRelist bounds how often Relist (the pipeline's --resync) lists
 	// again: the watch is reliable, and a thousand agents listing every
@@ -59,7 +60,7 @@ func NewSource(cli *clientv3.Client, layout Layout, name string, opts SourceOpti
 		opts.PageSize = DefaultPageSize
 	}
 	if opts.Probe <= 0 {
-		opts.Probe = 2 * time.Second
+		opts.Probe = 5 * time.Second
 	}
 	if opts.MinRelist <= 0 {
 		opts.MinRelist = 10 * time.Minute
