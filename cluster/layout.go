@@ -209,7 +209,8 @@ type backendValue struct {
 }
 
 // EncodeVIP is the value of a VIP key: the VIP as GET /v1/vips shows it,
-// compact.
+// compact, except that a backend's app is left out when it is the VIP's
+// only app (DecodeVIP puts it back).
 func EncodeVIP(v vip.VIP) []byte {
 	e := vipValue{VIP: v.Label(), Name: v.Name, Protocol: v.Proto.String(), IP: v.Addr.String(), Port: v.Port,
 		Apps: v.Apps, Backend: make([]backendValue, 0, len(v.Backends))}
@@ -220,7 +221,11 @@ func EncodeVIP(v vip.VIP) []byte {
 		e.App = v.Apps[0]
 	}
 	for _, b := range v.Backends {
-		e.Backend = append(e.Backend, backendValue{IP: b.Addr.String(), Port: b.Port, State: b.State.String(), Task: b.Task, App: b.App})
+		bv := backendValue{IP: b.Addr.String(), Port: b.Port, State: b.State.String(), Task: b.Task, App: b.App}
+		if len(v.Apps) == 1 && b.App == v.Apps[0] {
+			bv.App = "" // the VIP's only app: said once (a fifth of a value at 10 backends)
+		}
+		e.Backend = append(e.Backend, bv)
 	}
 	b, _ := json.Marshal(e)
 	return b
@@ -262,7 +267,11 @@ func DecodeVIP(k vip.Key, data []byte) (vip.VIP, error) {
 		if err != nil {
 			return vip.VIP{}, fmt.Errorf("backend %d: %w", i, err)
 		}
-		v.Backends = append(v.Backends, vip.Backend{Addr: addr, Port: b.Port, State: state, Task: b.Task, App: b.App})
+		app := b.App
+		if app == "" && len(v.Apps) == 1 {
+			app = v.Apps[0]
+		}
+		v.Backends = append(v.Backends, vip.Backend{Addr: addr, Port: b.Port, State: state, Task: b.Task, App: app})
 	}
 	slices.SortFunc(v.Backends, func(a, b vip.Backend) int { return a.AddrPort().Compare(b.AddrPort()) })
 	return v, nil

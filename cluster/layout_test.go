@@ -105,6 +105,19 @@ func TestVIPValue(t *testing.T) {
 	if !vip.VIPEqual(back, v) {
 		t.Errorf("round trip:\n%+v\n%+v", back, v)
 	}
+	// One app: the backends' app is said once, and comes back.
+	one := sampleVIP()
+	one.Apps = []string{"/web"}
+	for i := range one.Backends {
+		one.Backends[i].App = "/web"
+	}
+	data = cluster.EncodeVIP(one)
+	if strings.Contains(string(data), `"app":"/web"}`) || strings.Count(string(data), `"/web"`) != 2 {
+		t.Errorf("one app said per backend: %s", data)
+	}
+	if back, err := cluster.DecodeVIP(one.Key(), data); err != nil || !vip.VIPEqual(back, one) {
+		t.Errorf("one app round trip: %+v %v", back, err)
+	}
 	ipv := vip.VIP{Addr: netip.MustParseAddr("198.18.255.3"), Port: 53, Proto: vip.UDP}
 	back, err = cluster.DecodeVIP(ipv.Key(), cluster.EncodeVIP(ipv))
 	if err != nil || !vip.VIPEqual(back, ipv) {

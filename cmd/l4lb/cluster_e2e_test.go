@@ -232,7 +232,7 @@ func TestCluster(t *testing.T) {
 `, masterAddr)), "nft", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the cut agent is stale", func() bool { return agents[2].metric("l4lb_source_stale") == "1" })
+	waitFor(t, 15*time.Second, "the cut agent is stale", func() bool { return agents[2].metric("l4lb_source_stale") == "1" })
 	if got := ask(cut, vipAddr("b"), 10); got["be1"]+got["be2"] != 10 {
 		t.Fatalf("the cut agent stopped serving: %v", got)
 	}
@@ -273,7 +273,7 @@ func TestCluster(t *testing.T) {
 	// A restart of etcd loses no VIP on any agent.
 	srv.Stop()
 	for _, d := range agents {
-		waitFor(t, 10*time.Second, "stale", func() bool { return d.metric("l4lb_source_stale") == "1" })
+		waitFor(t, 15*time.Second, "stale", func() bool { return d.metric("l4lb_source_stale") == "1" })
 		if d.view(t) != want {
 			t.Fatal("an agent lost VIPs while etcd was down")
 		}

@@ -88,7 +88,7 @@ func TestRunOnEtcd(t *testing.T) {
 
 	// etcd goes down: the agent keeps serving and says it is stale.
 	srv.Stop()
-	waitFor(t, 10*time.Second, "l4lb_source_stale 1", func() bool { return d.metric("l4lb_source_stale") == "1" })
+	waitFor(t, 15*time.Second, "l4lb_source_stale 1", func() bool { return d.metric("l4lb_source_stale") == "1" })
 	if code, body, err := d.get("/healthz"); err != nil || code != 200 || !strings.Contains(string(body), "stale") {
 		t.Fatalf("/healthz while etcd is down: %d %q %v", code, body, err)
 	}
