@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -139,6 +141,13 @@ func (s *Source) Run(ctx context.Context, _ vip.Config, sink source.Sink) error 
 		}
 		s.opts.Metrics.watchRestarts.WithLabelValues(reason).Inc()
 		s.opts.Logger.Info("etcd watch ended; listing again", "source", s.name, "reason", reason, "err", err)
+		if reason == "reconnected" {
+			// Every agent sees etcd come back at once: spread their lists.
+			select {
+			case <-ctx.Done():
+			case <-time.After(rand.N(s.opts.Probe)):
+			}
+		}
 	}
 	return nil
 }
@@ -179,7 +188,21 @@ func (st *runState) list(ctx context.Context) (int64, error) {
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	kvs, rev, err := List(lctx, s.cli, s.layout.VIPs(), s.opts.PageSize)
+	// Pages are decoded on another goroutine while etcd reads the next.
+	pages := make(chan []*mvccpb.KeyValue, 4)
+	decoded := make(chan []source.Group, 1)
+	go func() {
+		var groups []source.Group
+		for page := range pages {
+			for _, kv := range page {
+				groups = append(groups, s.layout.VIPGroup(string(kv.Key), kv.Value))
+			}
+		}
+		decoded <- groups
+	}()
+	rev, err := ListPages(lctx, s.cli, s.layout.VIPs(), s.opts.PageSize, func(page []*mvccpb.KeyValue) { pages <- page })
+	close(pages)
+	groups := <-decoded
 	if err != nil {
 		return 0, err
 	}
@@ -190,9 +213,8 @@ func (st *runState) list(ctx context.Context) (int64, error) {
 	if len(resp.Kvs) > 0 {
 		st.setConfig(resp.Kvs[0].Value)
 	}
-	groups := make([]source.Group, 0, len(kvs))
-	for _, kv := range kvs {
-		groups = append(groups, s.layout.VIPGroup(string(kv.Key), kv.Value))
+	if groups == nil {
+		groups = []source.Group{}
 	}
 	st.sink.Replace(groups)
 	st.applied.Store(rev)
