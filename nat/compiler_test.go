@@ -95,8 +95,21 @@ func TestCompilerDeltaEqualsFull(t *testing.T) {
 			viaFull := cloneObserved(obs).apply(full, rs)
 			obs = obs.apply(p, rs)
 			gen = rs.gen
+			// A delta plan keeps unused lbN chains (the next full plan drops
+			// them); every chain the full plan has, it has too.
+			chainsOK := true
+			for name, st := range viaFull.chains {
+				if obs.chains[name] != st {
+					chainsOK = false
+				}
+			}
+			for name := range obs.chains {
+				if _, ok := viaFull.chains[name]; !ok && verdictCount(name) <= 0 {
+					chainsOK = false
+				}
+			}
 			if !reflect.DeepEqual(obs.vips, viaFull.vips) || !slices.Equal(obs.ipvips, viaFull.ipvips) ||
-				!slices.Equal(obs.hairpin, viaFull.hairpin) || !reflect.DeepEqual(obs.chains, viaFull.chains) {
+				!slices.Equal(obs.hairpin, viaFull.hairpin) || !chainsOK {
 				t.Fatalf("seed %d step %d: the delta plan leaves another table than the full plan", seed, step)
 			}
 			if p != full && p.elements() != full.elements() {

@@ -38,7 +38,7 @@ func (f *Fake) Apply(ctx context.Context, r *Ruleset, full bool) (Result, error)
 	}
 	f.gen = r.gen
 	res := Result{ReadBack: full, Rebuilt: p.rebuild, Elements: p.elements(),
-		Chains: len(p.newChains) + len(p.fixChains) + len(p.dropChains)}
+		Chains: len(p.newChains) + len(p.fixChains) + len(p.dropChains), Dropped: len(p.dropChains)}
 	if p.elements() > 0 || res.Chains > 0 || p.rebuild {
 		res.Batches = 1
 	}

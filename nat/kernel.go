@@ -42,7 +42,14 @@ type Result struct {
 	Batches  int  // netlink batches sent
 	Elements int  // set elements added or deleted
 	Chains   int  // chains created, refilled or deleted
+	Dropped  int  // of those, unused lbN chains deleted (left by earlier changes, not drift)
 	Routes   int  // routes added or deleted
+}
+
+// Drift reports whether a read-back apply found the kernel differing from
+// what l4lb had programmed (beyond unused chains it left for later).
+func (r Result) Drift() bool {
+	return r.ReadBack && (r.Rebuilt || r.Elements > 0 || r.Routes > 0 || r.Chains > r.Dropped)
 }
 
 // Changed reports whether the kernel was changed.
@@ -154,6 +161,7 @@ func (k *Kernel) Apply(ctx context.Context, r *Ruleset, full bool) (Result, erro
 		res.Rebuilt = p.rebuild
 		res.Elements = p.elements()
 		res.Chains = len(p.newChains) + len(p.fixChains) + len(p.dropChains)
+		res.Dropped = len(p.dropChains)
 		batches, err := k.encode(p, r)
 		if err != nil {
 			k.obs = nil

@@ -271,6 +271,9 @@ func makeDeltaPlan(o *observed, want *Ruleset) *plan {
 	if p.structure(o, want); p.rebuild {
 		return makePlan(o, want)
 	}
+	// lbN chains no longer used stay until the next full plan: deleting
+	// one is a transaction of its own, and the count often comes back.
+	p.dropChains = nil
 	d := want.delta
 	for _, k := range d.keys {
 		i, inO := slices.BinarySearchFunc(o.vips, k, func(v obsVIP, k vip.Key) int { return v.key.Compare(k) })

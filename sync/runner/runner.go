@@ -38,6 +38,13 @@ type Options struct {
 	// each further one up to BackoffMax. Zero means DefaultBackoffMin and
 	// DefaultBackoffMax.
 	BackoffMin, BackoffMax time.Duration
+	// ResyncEvery makes the resync period count from the last run that was
+	// a resync (or the initial run, or a retry) instead of from any run, so
+	// that resyncs stay periodic under a constant stream of triggers (for a
+	// function whose triggered runs are partial and whose resyncs are
+	// full); and a resync alone does not delay the next triggered run by
+	// MinInterval.
+	ResyncEvery bool
 	// Jitter, between 0 and 1, shortens every retry delay and resync period
 	// by a random fraction of up to Jitter, so that agents that failed
 	// together, or started together, do not hit their source in step.
@@ -177,8 +184,15 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		reason := pending | why
 		pending = 0
+		if r.opts.Resync > 0 && r.opts.ResyncEvery && !resyncAt.IsZero() && !time.Now().Before(resyncAt) {
+			reason |= Resync // due, even if triggers kept it from being chosen
+		}
 
-		lastStart = time.Now()
+		if !r.opts.ResyncEvery || reason != Resync {
+			// With ResyncEvery, MinInterval bounds the triggered runs: a
+			// periodic resync does not make the next trigger wait.
+			lastStart = time.Now()
+		}
 		err := r.fn(ctx, reason)
 		end := time.Now()
 		if ctx.Err() != nil {
@@ -195,7 +209,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		} else {
 			failing, backoff = false, 0
 		}
-		if r.opts.Resync > 0 {
+		if r.opts.Resync > 0 && (!r.opts.ResyncEvery || reason&(Initial|Resync|Retry) != 0 || resyncAt.IsZero()) {
 			resyncAt = end.Add(r.jitter(r.opts.Resync))
 		}
 	}

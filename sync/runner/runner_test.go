@@ -411,3 +411,33 @@ func TestReasonString(t *testing.T) {
 		t.Errorf("run String")
 	}
 }
+
+// With ResyncEvery, a constant stream of triggers does not postpone the
+// resync: it stays periodic, counted from the last resync.
+func TestResyncEveryUnderTriggers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder()
+		rec.dur = time.Second
+		r := New(rec.fn, Options{Resync: 30 * time.Second, MinInterval: time.Second, ResyncEvery: true})
+		stop := start(t, r)
+		for at := 10 * time.Second; at <= 80*time.Second; at += 10 * time.Second {
+			rec.sleepUntil(at)
+			r.Trigger()
+		}
+		rec.sleepUntil(85 * time.Second)
+		rec.check(t,
+			run{0, Initial},
+			run{10 * time.Second, Triggered},
+			run{20 * time.Second, Triggered},
+			run{30 * time.Second, Triggered},
+			run{31 * time.Second, Resync},
+			run{40 * time.Second, Triggered},
+			run{50 * time.Second, Triggered},
+			run{60 * time.Second, Triggered},
+			run{62 * time.Second, Resync},
+			run{70 * time.Second, Triggered},
+			run{80 * time.Second, Triggered},
+		)
+		stop()
+	})
+}

@@ -17,6 +17,10 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
+// firstListWait is how long Run waits for the event stream to attach
+// before its first list.
+const firstListWait = 2 * time.Second
+
 // DefaultMarathonMaxAppReads is how many apps one round may read one by
 // one; more named at once are read with one full list.
 const DefaultMarathonMaxAppReads = 64
@@ -78,7 +82,11 @@ func (m *Marathon) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 		_ = m.follow(ctx, func(name string, ev sseEvent) { m.onEvent(name, ev) })
 	}()
 
-	lw.poke() // the first list
+	// The first list follows the stream's attach (which asks for one), so
+	// that nothing is missed between the two and 94 MB are not read twice;
+	// without an attach within firstListWait the list goes ahead alone.
+	first := time.AfterFunc(firstListWait, lw.poke)
+	defer first.Stop()
 	var (
 		lastRound time.Time
 		failures  int
@@ -102,9 +110,13 @@ func (m *Marathon) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 			case <-t.C:
 			}
 		}
-		lastRound = time.Now()
 		lw.mu.Lock()
 		relist := lw.relist || len(lw.pending) > m.opts.MaxAppReads
+		if !relist {
+			// The interval bounds the rate of event-driven reads; a list
+			// (start, resync) does not make the next event wait.
+			lastRound = time.Now()
+		}
 		ids := make([]string, 0, len(lw.pending))
 		for id := range lw.pending {
 			ids = append(ids, id)
