@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // ClientConfig says how to reach etcd.
@@ -66,6 +67,12 @@ func NewClient(cfg ClientConfig) (*clientv3.Client, error) {
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
 	}
+	// Reconnect within seconds of etcd's return (gRPC's default backoff
+	// grows to two minutes).
+	c.DialOptions = append(c.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+		MinConnectTimeout: 2 * time.Second,
+	}))
 	if cfg.Dial != nil {
 		c.DialOptions = append(c.DialOptions, grpc.WithContextDialer(cfg.Dial))
 	}

@@ -142,10 +142,11 @@ func (s *Source) Run(ctx context.Context, _ vip.Config, sink source.Sink) error 
 		s.opts.Metrics.watchRestarts.WithLabelValues(reason).Inc()
 		s.opts.Logger.Info("etcd watch ended; listing again", "source", s.name, "reason", reason, "err", err)
 		if reason == "reconnected" {
-			// Every agent sees etcd come back at once: spread their lists.
+			// Every agent sees etcd come back at once: spread their lists
+			// over up to 2 s.
 			select {
 			case <-ctx.Done():
-			case <-time.After(rand.N(s.opts.Probe)):
+			case <-time.After(rand.N(min(2*time.Second, s.opts.Probe))):
 			}
 		}
 	}
@@ -266,13 +267,14 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t := time.NewTicker(s.opts.Probe)
-		defer t.Stop()
+		// Every Probe while etcd answers; every second while it does not,
+		// so that its return is seen soon.
+		wait := s.opts.Probe
 		for {
 			select {
 			case <-wctx.Done():
 				return
-			case <-t.C:
+			case <-time.After(wait):
 			}
 			pctx, done := context.WithTimeout(wctx, s.opts.Probe)
 			resp, err := s.cli.Get(pctx, s.layout.Config(), clientv3.WithCountOnly())
@@ -285,6 +287,10 @@ func (st *runState) watch(ctx context.Context, rev int64) (string, error) {
 			done()
 			if wctx.Err() != nil {
 				return
+			}
+			wait = s.opts.Probe
+			if err != nil {
+				wait = min(time.Second, s.opts.Probe)
 			}
 			select {
 			case probeErr <- err:
