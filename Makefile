@@ -9,8 +9,8 @@ BIN      := bin/l4lb
 PKGS     := ./...
 # Debian packages the tests, demo and bench run: the tools are independent
 # witnesses (nft, conntrack, dig) and load generators (iperf3, dnsperf).
-APT_PKGS := nftables iproute2 conntrack iperf3 dnsutils dnsperf socat curl iptables procps ca-certificates
-APT_BINS := nft ip conntrack iperf3 dig dnsperf socat curl iptables sysctl
+APT_PKGS := nftables iproute2 conntrack iperf3 dnsutils dnsperf socat curl iptables procps ca-certificates etcd-server etcd-client
+APT_BINS := nft ip conntrack iperf3 dig dnsperf socat curl iptables sysctl etcd etcdctl
 
 .PHONY: all build test test-short lint fmt demo deps deps-apt deps-go fuzz clean bench bench-quick bench-bin
 

@@ -42,6 +42,14 @@ type Decl struct {
 	Label string
 	// Backends are the declarer's backends of this VIP, any order.
 	Backends []Backend
+	// Addr pins the address of a named VIP: a VIP read from etcd carries
+	// the address the cluster's controller allocated (DESIGN section 10).
+	// A name with a pinned declaration is served in the families of its
+	// pins only, at those addresses, whatever the pool and the backends
+	// say; backends of another family are dropped. Zero for every other
+	// declaration (and ignored for IP VIPs). The controller never pins one
+	// address for two names; if a writer did, both would get it.
+	Addr netip.Addr
 }
 
 // unit returns the unit of recomputation the declaration belongs to: its
@@ -72,10 +80,12 @@ type group struct {
 	spec     Spec
 	proto    Proto
 	apps     map[string]bool
-	backends []Backend // deduplicated and sorted by dedupe
-	labels   []string  // app/label pairs, for problems
-	decls    int       // declarations merged
-	shared   bool      // backends is a declaration's list: copy before changing
+	backends []Backend  // deduplicated and sorted by dedupe
+	labels   []string   // app/label pairs, for problems
+	decls    int        // declarations merged
+	shared   bool       // backends is a declaration's list: copy before changing
+	pin4     netip.Addr // pinned addresses of a named VIP (Decl.Addr)
+	pin6     netip.Addr
 }
 
 // add merges a declaration into the group. The first declaration's
@@ -93,6 +103,29 @@ func (g *group) add(d Decl) {
 		g.backends = append(g.backends, d.Backends...)
 	}
 	g.decls++
+	if d.Spec.Name != "" && d.Addr.IsValid() {
+		if d.Addr.Is4() {
+			if !g.pin4.IsValid() || d.Addr.Less(g.pin4) {
+				g.pin4 = d.Addr
+			}
+		} else if !g.pin6.IsValid() || d.Addr.Less(g.pin6) {
+			g.pin6 = d.Addr
+		}
+	}
+}
+
+// namePins returns the pinned addresses of a name over its groups (the
+// lowest when several disagree), and whether it has any.
+func namePins(gs []*group) (pin4, pin6 netip.Addr, pinned bool) {
+	for _, g := range gs {
+		if g.pin4.IsValid() && (!pin4.IsValid() || g.pin4.Less(pin4)) {
+			pin4 = g.pin4
+		}
+		if g.pin6.IsValid() && (!pin6.IsValid() || g.pin6.Less(pin6)) {
+			pin6 = g.pin6
+		}
+	}
+	return pin4, pin6, pin4.IsValid() || pin6.IsValid()
 }
 
 // withDefaults fills the zero fields of a Config.
@@ -340,11 +373,13 @@ func build(groups map[groupID]*group, taken func(netip.Addr) (string, bool), cfg
 	// backends at all, IPv6 when it has IPv6 backends.
 	type fams struct{ v4, v6 bool }
 	need := map[string]*fams{}
+	byName := map[string][]*group{}
 	for _, k := range keys {
 		g := groups[k]
 		if g.spec.Name == "" {
 			continue
 		}
+		byName[g.spec.Name] = append(byName[g.spec.Name], g)
 		f := need[g.spec.Name]
 		if f == nil {
 			f = &fams{}
@@ -355,6 +390,21 @@ func build(groups map[groupID]*group, taken func(netip.Addr) (string, bool), cfg
 				f.v4 = true
 			} else {
 				f.v6 = true
+			}
+		}
+	}
+	// Pinned names take their addresses; nothing else may.
+	pinned4, pinned6 := map[string]netip.Addr{}, map[string]netip.Addr{}
+	for name, gs := range byName {
+		if p4, p6, ok := namePins(gs); ok {
+			delete(need, name)
+			if p4.IsValid() {
+				pinned4[name] = p4
+				reserved[p4] = true
+			}
+			if p6.IsValid() {
+				pinned6[name] = p6
+				reserved[p6] = true
 			}
 		}
 	}
@@ -372,6 +422,8 @@ func build(groups map[groupID]*group, taken func(netip.Addr) (string, bool), cfg
 	}
 	alloc4, errs4 := allocate(newPool(cfg.Pool4), names4, cfg.Previous.V4, reserved)
 	alloc6, errs6 := allocate(newPool(cfg.Pool6), names6, cfg.Previous.V6, reserved)
+	maps.Copy(alloc4, pinned4)
+	maps.Copy(alloc6, pinned6)
 
 	// A named VIP that already holds an address keeps it; an IP VIP that
 	// asks for it is refused.

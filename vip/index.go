@@ -286,7 +286,8 @@ func (x *Index) unlink(key string, g *indexGroup) {
 }
 
 func declEqual(a, b Decl) bool {
-	return a.Spec == b.Spec && a.Proto == b.Proto && a.App == b.App && a.Label == b.Label && slices.Equal(a.Backends, b.Backends)
+	return a.Spec == b.Spec && a.Proto == b.Proto && a.App == b.App && a.Label == b.Label && a.Addr == b.Addr &&
+		slices.Equal(a.Backends, b.Backends)
 }
 
 // Change is what a Commit changed.
@@ -427,22 +428,41 @@ func (x *Index) buildName(name string, keys []groupID, groups map[groupID]*group
 	if len(keys) > 0 && !v6 {
 		v4 = true
 	}
+	gs := make([]*group, 0, len(keys))
+	for _, k := range keys {
+		gs = append(gs, groups[k])
+	}
+	pin4, pin6, pinned := namePins(gs)
+	if pinned {
+		v4, v6 = pin4.IsValid(), pin6.IsValid()
+	}
 	fams := []struct {
 		is4   bool
 		need  bool
+		pin   netip.Addr
 		alloc map[string]netip.Addr
 		prev  map[string]netip.Addr
 		p     pool
-	}{{true, v4, x.alloc4, x.cfg.Previous.V4, x.pool4}, {false, v6, x.alloc6, x.cfg.Previous.V6, x.pool6}}
+	}{{true, v4, pin4, x.alloc4, x.cfg.Previous.V4, x.pool4}, {false, v6, pin6, x.alloc6, x.cfg.Previous.V6, x.pool6}}
 	var vips []VIP
 	var problems []Problem
 	for _, f := range fams {
 		a, has := f.alloc[name]
-		if !f.need {
+		if !f.need || (has && f.pin.IsValid() && a != f.pin) {
 			if has {
 				x.release(f.alloc, name, a)
+				has = false
 			}
-			continue
+			if !f.need {
+				continue
+			}
+		}
+		if !has && f.pin.IsValid() {
+			a, has = f.pin, true
+			f.alloc[name] = a
+			x.owner[a] = name
+			x.allocChanged = true
+			x.touchIP(a)
 		}
 		if !has {
 			var err error

@@ -94,21 +94,27 @@ type modelFlags struct {
 
 func (m *modelFlags) register(fs *flag.FlagSet) {
 	m.pool4, m.pool6 = vip.DefaultPool4, vip.DefaultPool6
-	fs.Var(&m.sources, "source", "where VIPs come from: file:PATH, marathon:URL or mesos:URL (repeat to merge)")
+	fs.Var(&m.sources, "source", "where VIPs come from: file:PATH, marathon:URL or mesos:URL (repeat to merge); in cluster mode etcd:URL[,URL] alone")
 	fs.Var(prefixFlag{&m.pool4}, "vip-pool", "IPv4 pool of named VIP addresses")
 	fs.Var(prefixFlag{&m.pool6}, "vip-pool6", "IPv6 pool of named VIP addresses")
 	fs.Var(prefixListFlag{&m.ipRanges}, "ip-vip-ranges", "CIDR[,CIDR]: IP VIPs (labels with an address) must fall inside these ranges; recommended in production")
 	fs.StringVar(&m.stateDir, "state-dir", "/var/lib/l4lb", "directory for persistent state (VIP address allocations)")
 	fs.StringVar(&m.table, "table", nat.DefaultTable, "name of l4lb's nftables table (family inet)")
 	fs.StringVar(&m.zone, "dns-zone", vip.DefaultDomain, "DNS zone of named VIPs: NAME.marathon.ZONE")
-	fs.StringVar(&m.marathon.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
-	fs.StringVar(&m.marathon.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
-	fs.StringVar(&m.marathon.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
-	fs.DurationVar(&m.marathon.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
-	fs.StringVar(&m.mesos.CAFile, "mesos-ca-file", "", "PEM file of the CAs that the Mesos master's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
-	fs.StringVar(&m.mesos.TokenFile, "mesos-token-file", "", "file holding an auth token for the Mesos master (re-read when it changes); basic auth goes in the URL")
-	fs.StringVar(&m.mesos.TokenScheme, "mesos-token-scheme", "", `how the token is sent to Mesos: "token" (the default) or "bearer"`)
-	fs.DurationVar(&m.marathon.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
+	registerSources(fs, &m.marathon, &m.mesos)
+}
+
+// registerSources registers the options of marathon:URL and mesos:URL
+// sources, for run, render and controller.
+func registerSources(fs *flag.FlagSet, o *source.MarathonOptions, mo *source.MesosOptions) {
+	fs.StringVar(&o.CAFile, "marathon-ca-file", "", "PEM file of the CAs that Marathon's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
+	fs.StringVar(&o.TokenFile, "marathon-token-file", "", "file holding an auth token for Marathon (re-read when it changes); basic auth goes in the URL")
+	fs.StringVar(&o.TokenScheme, "marathon-token-scheme", "", `how the token is sent: "token" (Authorization: token=..., DC/OS; the default) or "bearer"`)
+	fs.DurationVar(&o.RequestTimeout, "marathon-timeout", 30*time.Second, "bound of one read of Marathon's apps")
+	fs.DurationVar(&o.IdleTimeout, "marathon-idle-timeout", 30*time.Second, "reconnect Marathon's event stream after this long without a byte (it sends keep-alives)")
+	fs.StringVar(&mo.CAFile, "mesos-ca-file", "", "PEM file of the CAs that the Mesos master's HTTPS certificate is checked against (e.g. dcos-ca.crt)")
+	fs.StringVar(&mo.TokenFile, "mesos-token-file", "", "file holding an auth token for the Mesos master (re-read when it changes); basic auth goes in the URL")
+	fs.StringVar(&mo.TokenScheme, "mesos-token-scheme", "", `how the token is sent to Mesos: "token" (the default) or "bearer"`)
 }
 
 // guard is the part of the IP VIP guard that the flags decide.

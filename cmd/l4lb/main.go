@@ -21,8 +21,10 @@ Usage:
   l4lb vips [--api ADDR] [--json]                      VIPs, backends and states of a running daemon
   l4lb explain NAME:PORT|IP:PORT [--proto P] [--trace] where traffic to a VIP goes, and why
   l4lb cleanup [--table NAME]                          remove the table, routes and iptables rules
+  l4lb controller --source SPEC --etcd URL[,URL]       cluster mode: the elected writer of VIPs to etcd
 
-Sources: file:PATH (a JSON file of Marathon apps), marathon:URL.
+Sources: file:PATH (Marathon apps, or a Mesos GET_STATE or SUBSCRIBED), marathon:URL, mesos:URL;
+agents in cluster mode: etcd:URL[,URL].
 Every flag also reads the environment variable L4LB_<FLAG> (dashes as underscores).
 Run "l4lb COMMAND -h" for the flags of a command.
 `
@@ -69,6 +71,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return cmdCleanup(ctx, rest, stdout, stderr)
 	case "explain":
 		return cmdExplain(ctx, rest, stdout, stderr)
+	case "controller":
+		return cmdController(ctx, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -31,6 +31,7 @@ import (
 // runFlags are the daemon's flags (DESIGN section 3).
 type runFlags struct {
 	modelFlags
+	etcd           etcdFlags
 	dnsListen      listFlag
 	dnsUpstreams   listFlag
 	apiListen      string
@@ -42,6 +43,7 @@ type runFlags struct {
 
 func (f *runFlags) register(fs *flag.FlagSet) {
 	f.modelFlags.register(fs)
+	f.etcd.register(fs)
 	f.dnsListen = listFlag{"127.0.0.1:53"}
 	fs.Var(&dnsListenFlag{l: &f.dnsListen}, "dns-listen", "DNS listen addresses, comma-separated; empty turns DNS off")
 	fs.Var(&f.dnsUpstreams, "dns-upstream", "DNS servers for names outside the zone, comma-separated (otherwise REFUSED)")
@@ -96,6 +98,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	etcdEndpoints, err := takeEtcdSpec(&f.sources)
+	if err != nil {
+		return err
+	}
 	sources, err := f.parseSources(func(spec string, o *source.Options) {
 		o.Marathon.OnStreamError = func(err error, retryIn time.Duration) {
 			log.Warn("marathon event stream lost", "source", spec, "err", err, "retryIn", retryIn)
@@ -137,6 +143,16 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if etcdEndpoints != "" {
+		// Cluster mode: the pools and the zone are the cluster's.
+		s, closeEtcd, err := f.etcdSource(ctx, fs, etcdEndpoints, log, reg)
+		if err != nil {
+			return err
+		}
+		defer closeEtcd()
+		sources = []source.Source{s}
+		f.sources = listFlag{s.String()}
+	}
 	ct, err := conntrack.New()
 	if err != nil {
 		return fmt.Errorf("open conntrack netlink (l4lb run needs root or CAP_NET_ADMIN): %w", err)
