@@ -173,6 +173,16 @@ func (r *Reconciler) Status() *Status {
 // status is the last stored status, without its State's VIPs.
 func (r *Reconciler) lastStatus() Status { return *r.status.Load() }
 
+// StaleError is what Sync returns when everything it had was applied but
+// some sources cannot be read: their last groups were kept. It is no
+// failure of the sync: the source retries by itself and delivers again
+// when it reads, which triggers the next sync; a retry of the sync would
+// only make that one wait for the runner's backoff.
+type StaleError struct{ Err error }
+
+func (e *StaleError) Error() string { return "sources stale, their last state kept: " + e.Err.Error() }
+func (e *StaleError) Unwrap() error { return e.Err }
+
 // ErrNoGoodState is returned while some source has not delivered its first
 // list: nothing is written to the kernel before that.
 var ErrNoGoodState = errors.New("no good read of the sources yet")
@@ -305,7 +315,10 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	st.LastAttempt = r.cfg.Now()
 
 	ready, srcErrs, failures := r.take()
-	srcErr := errors.Join(srcErrs...)
+	var srcErr error
+	if len(srcErrs) > 0 {
+		srcErr = &StaleError{Err: errors.Join(srcErrs...)}
+	}
 	st.Stale, st.SourceErrors = srcErr != nil, failures
 	if srcErr != nil {
 		m.sourceStale.Set(1)
@@ -613,11 +626,17 @@ func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
 		}
 		full := why&(runner.Initial|runner.Resync|runner.Retry) != 0
 		err := r.Sync(ctx, full)
-		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrNoGoodState) {
-			r.log.Error("sync failed", "err", err, "why", why.String())
-		}
-		if errors.Is(err, ErrNoGoodState) {
+		var stale *StaleError
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, ErrNoGoodState):
 			return nil // the first list triggers the next run
+		case errors.As(err, &stale):
+			// Applied; the source's next delivery triggers the next run.
+			r.log.Warn("sources stale; keeping their last state", "err", stale.Err, "why", why.String())
+			return nil
+		default:
+			r.log.Error("sync failed", "err", err, "why", why.String())
 		}
 		return err
 	}, opts)
