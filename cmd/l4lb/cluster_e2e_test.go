@@ -174,7 +174,9 @@ func TestCluster(t *testing.T) {
 	changed := func(sick map[string]int) string {
 		marathon.set(clusterApps(topo.Backends, port, names, sick), "", "health_status_changed_event")
 		var want string
-		waitFor(t, 5*time.Second, "the controller writes", func() bool {
+		// After an etcd restart the leader must first win again, once its
+		// old lease (restored with the store) has expired: seconds.
+		waitFor(t, 20*time.Second, "the controller writes", func() bool {
 			want = c1.view(t)
 			if c2.metric("l4lb_controller_leader") == "1" {
 				want = c2.view(t)

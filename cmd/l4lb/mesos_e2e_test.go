@@ -169,9 +169,8 @@ func TestMesosEndToEnd(t *testing.T) {
 		}
 		return "gone"
 	}
-	// kafka-1 (be2) is being killed: it drains. (The first change after the
-	// 503s waits for the sync loop's retry backoff: the bound is generous,
-	// the figure is logged.)
+	// kafka-1 (be2) is being killed: it drains. (The bound only tells a
+	// daemon that never applies it from a slow one; the figure is logged.)
 	update(1, "TASK_KILLING")
 	took := waitFor(t, 20*time.Second, "kafka-1 draining", func() bool { return backendState("kafka-1-broker") == "draining" })
 	t.Logf("TASK_KILLING in the kernel after %v", took)

@@ -103,9 +103,10 @@ type Reconciler struct {
 	refused   []vip.Problem  // the problems l4lb_ip_vips_refused shows
 	status    atomic.Pointer[Status]
 
-	// The index's state is a view that Commit changes in place: Commit
-	// runs under viewMu, and Status copies the view under its read lock,
-	// at most once per version.
+	// The index's state is a view that Commit changes in place: Commit and
+	// the apply of what it changed run under viewMu, and Status copies the
+	// view under its read lock, at most once per version, so the view never
+	// shows a change before the kernel has it.
 	viewMu    sync.RWMutex
 	cacheMu   sync.Mutex
 	cacheVer  uint64
@@ -339,9 +340,22 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	// fail: an IP VIP inside a network that appeared meanwhile goes all the
 	// same. The index checks its IP VIPs again only when they changed.
 	r.index.SetLocal(r.readLocal(ctx))
+	// The view (/v1/vips, l4lb vips) shows what the kernel has: a change
+	// is committed to the index and applied under viewMu, so that no
+	// reader sees it before it is in the kernel.
 	r.viewMu.Lock()
 	ch := r.index.Commit()
-	r.viewMu.Unlock()
+	viewHeld := true
+	releaseView := func() {
+		if viewHeld {
+			viewHeld = false
+			r.viewMu.Unlock()
+		}
+	}
+	defer releaseView()
+	if ch.Empty() {
+		releaseView()
+	}
 	state := r.index.State()
 	problems := r.index.Problems()
 	if !sameProblems(problems, r.refused) {
@@ -390,6 +404,7 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 		}
 	}
 	res, err := r.cfg.NAT.Apply(ctx, rs, full)
+	releaseView()
 	if err != nil {
 		r.synced = false // the next sync is full
 		m.syncFailures.WithLabelValues("nat").Inc()
