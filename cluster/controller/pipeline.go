@@ -111,7 +111,7 @@ func (p *pipeline) take(sources []source.Source) (bool, error) {
 }
 
 func (p *pipeline) set(i int, g *source.Group) {
-	p.index.Set(indexKey(i, g.Key), g.Decls, g.Problems)
+	p.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...) // task hosts: no IP VIP may take them
 	p.held[i][g.Key] = true
 }
 
