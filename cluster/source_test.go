@@ -220,7 +220,9 @@ func TestSourceCutCompactHeal(t *testing.T) {
 	waitUntil(t, "the list", 5*time.Second, func() bool { return a.sink.summary() == before })
 
 	a.link.Cut()
-	waitUntil(t, "stale", 5*time.Second, a.sink.isStale)
+	// The probe runs every 5 s and waits for its own timeout: the bound
+	// only tells a source that never notices from a slow one.
+	waitUntil(t, "stale", 20*time.Second, a.sink.isStale)
 	if got := testutil.ToFloat64(a.m.StaleForTest()); got != 1 {
 		t.Fatalf("l4lb_etcd_stale %v", got)
 	}
@@ -299,7 +301,9 @@ func TestSourceEtcdRestart(t *testing.T) {
 	a := startAgent(t, srv, 0)
 	waitUntil(t, "the list", 5*time.Second, func() bool { return a.sink.summary() == "198.18.0.1/tcp/80=198.19.0.11" })
 	srv.Stop()
-	waitUntil(t, "stale", 5*time.Second, a.sink.isStale)
+	// The probe runs every 5 s and waits for its own timeout: the bound
+	// only tells a source that never notices from a slow one.
+	waitUntil(t, "stale", 20*time.Second, a.sink.isStale)
 	if a.sink.summary() != "198.18.0.1/tcp/80=198.19.0.11" {
 		t.Fatal("groups lost while etcd is down")
 	}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 
 	"github.com/l4lb/l4lb/cluster"
 	"github.com/l4lb/l4lb/sync/source"
@@ -17,7 +16,7 @@ import (
 // In place of the kernel, the Writer puts the result in etcd.
 type pipeline struct {
 	index *vip.Index
-	sinks []*sink
+	sinks []*source.Tracker
 	held  []map[source.Key]bool
 	poke  func() // set before the sources run
 }
@@ -25,49 +24,10 @@ type pipeline struct {
 func newPipeline(model vip.Config, n int) *pipeline {
 	p := &pipeline{index: vip.NewIndex(model)}
 	for range n {
-		p.sinks = append(p.sinks, &sink{p: p, deltas: map[source.Key]*source.Group{}})
+		p.sinks = append(p.sinks, source.NewTracker(func() { p.poke() }, nil))
 		p.held = append(p.held, map[source.Key]bool{})
 	}
 	return p
-}
-
-// sink records what one source delivered until take moves it.
-type sink struct {
-	p       *pipeline
-	mu      sync.Mutex
-	listed  bool
-	replace []source.Group
-	hasList bool
-	deltas  map[source.Key]*source.Group // nil value: gone
-	err     error
-}
-
-func (s *sink) Replace(groups []source.Group) {
-	s.mu.Lock()
-	s.replace, s.hasList, s.listed = groups, true, true
-	clear(s.deltas)
-	s.mu.Unlock()
-	s.p.poke()
-}
-
-func (s *sink) Update(changed []source.Group, gone []source.Key) {
-	s.mu.Lock()
-	for i := range changed {
-		g := changed[i]
-		s.deltas[g.Key] = &g
-	}
-	for _, k := range gone {
-		s.deltas[k] = nil
-	}
-	s.mu.Unlock()
-	s.p.poke()
-}
-
-func (s *sink) Stale(err error) {
-	s.mu.Lock()
-	s.err = err
-	s.mu.Unlock()
-	s.p.poke()
 }
 
 // take moves what the sinks recorded into the index. It reports whether
@@ -76,43 +36,16 @@ func (p *pipeline) take(sources []source.Source) (bool, error) {
 	ready := true
 	var errs []error
 	for i, s := range p.sinks {
-		s.mu.Lock()
-		list, hasList, deltas := s.replace, s.hasList, s.deltas
-		s.replace, s.hasList, s.deltas = nil, false, map[source.Key]*source.Group{}
-		ready = ready && s.listed
-		if s.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", sources[i], s.err))
+		tk := s.Take()
+		ready = ready && tk.Listed
+		if tk.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", sources[i], tk.Err))
 		}
-		s.mu.Unlock()
-		held := p.held[i]
-		if hasList {
-			seen := make(map[source.Key]bool, len(list))
-			for j := range list {
-				seen[list[j].Key] = true
-				p.set(i, &list[j])
-			}
-			for k := range held {
-				if !seen[k] {
-					p.index.Delete(indexKey(i, k))
-					delete(held, k)
-				}
-			}
-		}
-		for k, g := range deltas {
-			if g == nil {
-				p.index.Delete(indexKey(i, k))
-				delete(held, k)
-				continue
-			}
-			p.set(i, g)
-		}
+		tk.ApplyTo(p.held[i],
+			func(g *source.Group) { p.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...) },
+			func(k source.Key) { p.index.Delete(indexKey(i, k)) })
 	}
 	return ready, errors.Join(errs...)
-}
-
-func (p *pipeline) set(i int, g *source.Group) {
-	p.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...) // task hosts: no IP VIP may take them
-	p.held[i][g.Key] = true
 }
 
 func indexKey(i int, k source.Key) string { return strconv.Itoa(i) + " " + string(k) }

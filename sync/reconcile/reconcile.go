@@ -86,7 +86,7 @@ type Reconciler struct {
 	cfg Config
 	log *slog.Logger
 
-	trackers []*tracker
+	trackers []*source.Tracker
 
 	mu        sync.Mutex // serialises syncs
 	index     *vip.Index
@@ -139,7 +139,7 @@ func New(cfg Config) *Reconciler {
 	model.Previous = r.alloc
 	r.index = vip.NewIndex(model)
 	for range cfg.Sources {
-		r.trackers = append(r.trackers, &tracker{r: r, deltas: map[source.Key]*source.Group{}})
+		r.trackers = append(r.trackers, source.NewTracker(r.poke, r.observeStale))
 		r.held = append(r.held, map[source.Key]bool{})
 	}
 	r.status.Store(&Status{})
@@ -188,55 +188,12 @@ func (e *StaleError) Unwrap() error { return e.Err }
 // list: nothing is written to the kernel before that.
 var ErrNoGoodState = errors.New("no good read of the sources yet")
 
-// tracker is a source's sink: it records what the source delivered until
-// the next sync takes it (kube-proxy's change trackers).
-type tracker struct {
-	r *Reconciler
-
-	mu      sync.Mutex
-	listed  bool                         // a list arrived, ever
-	replace []source.Group               // a list not taken yet; nil when none
-	hasList bool                         // replace is set (it may be empty)
-	deltas  map[source.Key]*source.Group // changes after it; nil value: gone
-	err     error                        // the source's last error; nil when it reads
-	errs    int                          // errors reported since it last read
-}
-
-func (t *tracker) Replace(groups []source.Group) {
-	t.mu.Lock()
-	t.replace, t.hasList, t.listed = groups, true, true
-	clear(t.deltas)
-	t.mu.Unlock()
-	t.r.poke()
-}
-
-func (t *tracker) Update(changed []source.Group, gone []source.Key) {
-	t.mu.Lock()
-	for i := range changed {
-		g := changed[i]
-		t.deltas[g.Key] = &g
-	}
-	for _, k := range gone {
-		t.deltas[k] = nil
-	}
-	t.mu.Unlock()
-	t.r.poke()
-}
-
-func (t *tracker) Stale(err error) {
-	t.mu.Lock()
-	t.err = err
+// observeStale counts a source's failed reads.
+func (r *Reconciler) observeStale(err error) {
 	if err != nil {
-		t.errs++
-	} else {
-		t.errs = 0
+		r.cfg.Metrics.sourceErrors.Inc()
+		r.cfg.Metrics.syncFailures.WithLabelValues("source").Inc()
 	}
-	t.mu.Unlock()
-	if err != nil {
-		t.r.cfg.Metrics.sourceErrors.Inc()
-		t.r.cfg.Metrics.syncFailures.WithLabelValues("source").Inc()
-	}
-	t.r.poke()
 }
 
 func (r *Reconciler) poke() {
@@ -250,47 +207,17 @@ func (r *Reconciler) poke() {
 func (r *Reconciler) take() (ready bool, errs []error, failures int) {
 	ready = true
 	for i, t := range r.trackers {
-		t.mu.Lock()
-		list, hasList, deltas := t.replace, t.hasList, t.deltas
-		t.replace, t.hasList, t.deltas = nil, false, map[source.Key]*source.Group{}
-		if !t.listed {
-			ready = false
+		tk := t.Take()
+		ready = ready && tk.Listed
+		if tk.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.cfg.Sources[i], tk.Err))
+			failures = max(failures, tk.Errs)
 		}
-		if t.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", r.cfg.Sources[i], t.err))
-			failures = max(failures, t.errs)
-		}
-		t.mu.Unlock()
-		held := r.held[i]
-		if hasList {
-			seen := make(map[source.Key]bool, len(list))
-			for j := range list {
-				g := &list[j]
-				seen[g.Key] = true
-				r.set(i, g)
-			}
-			for k := range held {
-				if !seen[k] {
-					r.index.Delete(indexKey(i, k))
-					delete(held, k)
-				}
-			}
-		}
-		for k, g := range deltas {
-			if g == nil {
-				r.index.Delete(indexKey(i, k))
-				delete(held, k)
-				continue
-			}
-			r.set(i, g)
-		}
+		tk.ApplyTo(r.held[i],
+			func(g *source.Group) { r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...) },
+			func(k source.Key) { r.index.Delete(indexKey(i, k)) })
 	}
 	return ready, errs, failures
-}
-
-func (r *Reconciler) set(i int, g *source.Group) {
-	r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...)
-	r.held[i][g.Key] = true
 }
 
 // indexKey qualifies a source's key with the source.

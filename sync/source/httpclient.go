@@ -1,6 +1,8 @@
 package source
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -182,4 +184,62 @@ func (t *tokenFile) invalidate() {
 	t.mu.Lock()
 	t.stamp = ""
 	t.mu.Unlock()
+}
+
+// send sends method to start with body and the headers header sets, with
+// the source's credentials, following redirects itself (a standby
+// redirects to the leader) with the same credentials, at most
+// maxRedirects times and never from https to http or to another scheme.
+// It returns the response and the URL that answered, for error messages;
+// errors name the method and the URL.
+func (c *apiClient) send(ctx context.Context, method string, start *url.URL, body []byte, header func(h http.Header)) (*http.Response, string, error) {
+	at := start
+	for hop := 0; ; hop++ {
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, at.String(), rd)
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("%s %s: %w", method, at, err)
+		}
+		req.Header.Set("User-Agent", "l4lb")
+		header(req.Header)
+		if err := c.authorize(req); err != nil {
+			return nil, at.String(), fmt.Errorf("%s %s: %w", method, at, err)
+		}
+		resp, err := c.client.Do(req)
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("%s %s: %w", method, at, unwrapURLError(err))
+		}
+		if resp.StatusCode == http.StatusUnauthorized && c.token != nil {
+			c.token.invalidate()
+		}
+		switch resp.StatusCode {
+		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		default:
+			return resp, at.String(), nil
+		}
+		loc := resp.Header.Get("Location")
+		drainClose(resp.Body)
+		if loc == "" {
+			return nil, at.String(), fmt.Errorf("%s %s: %s without a Location", method, at, resp.Status)
+		}
+		next, err := at.Parse(loc) // //host:port/path keeps the scheme
+		if err != nil {
+			return nil, at.String(), fmt.Errorf("%s %s: %s to a bad Location %q: %w", method, at, resp.Status, loc, err)
+		}
+		next.User = nil
+		if next.Scheme != "http" && next.Scheme != "https" {
+			return nil, at.String(), fmt.Errorf("%s %s: redirect to %s: not http or https", method, at, next)
+		}
+		if at.Scheme == "https" && next.Scheme == "http" {
+			return nil, at.String(), fmt.Errorf("%s %s: refusing redirect from https to %s", method, at, next)
+		}
+		if hop >= maxRedirects {
+			return nil, at.String(), fmt.Errorf("%s %s: more than %d redirects", method, start, maxRedirects)
+		}
+		at = next
+	}
 }

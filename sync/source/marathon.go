@@ -417,55 +417,13 @@ func (m *Marathon) get(ctx context.Context, path string, query url.Values, accep
 	u := *m.base
 	u.Path += path
 	u.RawQuery = query.Encode()
-	at := &u
-	for hop := 0; ; hop++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, at.String(), nil)
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("GET %s: %w", at, err)
-		}
-		req.Header.Set("Accept", accept)
-		req.Header.Set("User-Agent", "l4lb")
+	return m.send(ctx, http.MethodGet, &u, nil, func(h http.Header) {
+		h.Set("Accept", accept)
 		if accept == "text/event-stream" {
-			req.Header.Set("Cache-Control", "no-cache")
-			req.Header.Set("Accept-Encoding", "identity") // no transparent gzip on a stream
+			h.Set("Cache-Control", "no-cache")
+			h.Set("Accept-Encoding", "identity") // no transparent gzip on a stream
 		}
-		if err := m.authorize(req); err != nil {
-			return nil, at.String(), fmt.Errorf("GET %s: %w", at, err)
-		}
-		resp, err := m.client.Do(req)
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("GET %s: %w", at, unwrapURLError(err))
-		}
-		if resp.StatusCode == http.StatusUnauthorized && m.token != nil {
-			m.token.invalidate()
-		}
-		switch resp.StatusCode {
-		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
-			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
-		default:
-			return resp, at.String(), nil
-		}
-		loc := resp.Header.Get("Location")
-		drainClose(resp.Body)
-		if loc == "" {
-			return nil, at.String(), fmt.Errorf("GET %s: %s without a Location", at, resp.Status)
-		}
-		next, err := at.Parse(loc)
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("GET %s: %s to a bad Location %q: %w", at, resp.Status, loc, err)
-		}
-		next.User = nil
-		if next.Scheme != "http" && next.Scheme != "https" {
-			return nil, at.String(), fmt.Errorf("GET %s: redirect to %s: not http or https", at, next)
-		}
-		if at.Scheme == "https" && next.Scheme == "http" {
-			return nil, at.String(), fmt.Errorf("GET %s: refusing redirect from https to %s", at, next)
-		}
-		if hop >= maxRedirects {
-			return nil, at.String(), fmt.Errorf("GET %s: more than %d redirects", u.String(), maxRedirects)
-		}
-		at = next
-	}
+	})
 }
 
 // checkResponse accepts a 2xx response of the wanted media type.

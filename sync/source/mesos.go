@@ -1,7 +1,6 @@
 package source
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -401,53 +400,11 @@ func keysOf(ks []mesos.TaskKey) []Key {
 func (m *Mesos) post(ctx context.Context, body []byte) (*http.Response, string, error) {
 	u := *m.base
 	u.Path += "/api/v1"
-	at := &u
-	for hop := 0; ; hop++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, at.String(), bytes.NewReader(body))
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("POST %s: %w", at, err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json")
-		req.Header.Set("User-Agent", "l4lb")
-		req.Header.Set("Accept-Encoding", "identity") // no transparent gzip on a stream
-		if err := m.authorize(req); err != nil {
-			return nil, at.String(), fmt.Errorf("POST %s: %w", at, err)
-		}
-		resp, err := m.client.Do(req)
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("POST %s: %w", at, unwrapURLError(err))
-		}
-		if resp.StatusCode == http.StatusUnauthorized && m.token != nil {
-			m.token.invalidate()
-		}
-		switch resp.StatusCode {
-		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
-			http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
-		default:
-			return resp, at.String(), nil
-		}
-		loc := resp.Header.Get("Location")
-		drainClose(resp.Body)
-		if loc == "" {
-			return nil, at.String(), fmt.Errorf("POST %s: %s without a Location", at, resp.Status)
-		}
-		next, err := at.Parse(loc) // //host:port/api/v1 keeps the scheme
-		if err != nil {
-			return nil, at.String(), fmt.Errorf("POST %s: %s to a bad Location %q: %w", at, resp.Status, loc, err)
-		}
-		next.User = nil
-		if next.Scheme != "http" && next.Scheme != "https" {
-			return nil, at.String(), fmt.Errorf("POST %s: redirect to %s: not http or https", at, next)
-		}
-		if at.Scheme == "https" && next.Scheme == "http" {
-			return nil, at.String(), fmt.Errorf("POST %s: refusing redirect from https to %s", at, next)
-		}
-		if hop >= maxRedirects {
-			return nil, at.String(), fmt.Errorf("POST %s: more than %d redirects", u.String(), maxRedirects)
-		}
-		at = next
-	}
+	return m.send(ctx, http.MethodPost, &u, body, func(h http.Header) {
+		h.Set("Content-Type", "application/json")
+		h.Set("Accept", "application/json")
+		h.Set("Accept-Encoding", "identity") // no transparent gzip on a stream
+	})
 }
 
 // checkMesosResponse accepts a 200 with JSON (or RecordIO of JSON, for a
