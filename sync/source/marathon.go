@@ -278,28 +278,45 @@ func (m *Marathon) Watch(ctx context.Context, changed func()) error {
 // (name eventStreamAttached: anything may have changed while it was down)
 // and on every relevant event (name "" when its type cannot be told).
 func (m *Marathon) follow(ctx context.Context, on func(name string, ev sseEvent)) error {
-	delay := m.opts.ReconnectMin
+	b := reconnect{min: m.opts.ReconnectMin, max: m.opts.ReconnectMax, healthyAfter: m.healthyAfter}
 	for {
 		up, err := m.stream(ctx, on)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if up >= m.healthyAfter {
-			delay = m.opts.ReconnectMin
-		}
-		wait := jitter(delay)
-		if m.opts.OnStreamError != nil {
-			m.opts.OnStreamError(err, wait)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !b.wait(ctx, up, err, m.opts.OnStreamError) {
 			return nil
-		case <-t.C:
 		}
-		delay = min(delay*2, m.opts.ReconnectMax)
 	}
+}
+
+// reconnect is the delay between a stream's end and the next attempt:
+// jittered into [d/2, d], doubling from min to max, and back to min after
+// a stream that was up for healthyAfter.
+type reconnect struct {
+	min, max, healthyAfter time.Duration
+	delay                  time.Duration
+}
+
+// wait reports the stream's end (err, and the wait) to onErr when it is
+// set, then waits; it returns false when ctx is done first.
+func (r *reconnect) wait(ctx context.Context, up time.Duration, err error, onErr func(error, time.Duration)) bool {
+	if r.delay == 0 || up >= r.healthyAfter {
+		r.delay = r.min
+	}
+	wait := jitter(r.delay)
+	if onErr != nil {
+		onErr(err, wait)
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	}
+	r.delay = min(r.delay*2, r.max)
+	return true
 }
 
 // jitter returns a delay between d/2 and d, so that agents that lost

@@ -153,7 +153,7 @@ func (m *Mesos) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 	if sink == nil {
 		return errors.New("mesos run: sink is nil")
 	}
-	delay := m.opts.BackoffMin
+	b := reconnect{min: m.opts.BackoffMin, max: m.opts.BackoffMax, healthyAfter: m.healthyAfter}
 	for {
 		up, subscribed, err := m.stream(ctx, cfg, sink)
 		if ctx.Err() != nil {
@@ -168,21 +168,9 @@ func (m *Mesos) Run(ctx context.Context, cfg vip.Config, sink Sink) error {
 			// next subscription usually follows at once.
 			sink.Stale(err)
 		}
-		if up >= m.healthyAfter {
-			delay = m.opts.BackoffMin
-		}
-		wait := jitter(delay)
-		if m.opts.OnStreamError != nil {
-			m.opts.OnStreamError(err, wait)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !b.wait(ctx, up, err, m.opts.OnStreamError) {
 			return nil
-		case <-t.C:
 		}
-		delay = min(delay*2, m.opts.BackoffMax)
 	}
 }
 
