@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -30,30 +27,7 @@ func TestMarathonFailoverKeepsConnections(t *testing.T) {
 	d.waitHealthy(t)
 	addr := netip.AddrPortFrom(netip.MustParseAddr(d.vips(t)[0].IP), 80)
 
-	type held struct {
-		name string
-		c    net.Conn
-		r    *bufio.Reader
-	}
-	var conns []held
-	count := map[string]int{}
-	for len(conns) < 8 || count["be1"] == 0 || count["be2"] == 0 {
-		if len(conns) > 64 {
-			t.Fatalf("64 connections did not reach both backends: %v", count)
-		}
-		c, err := topo.Containers[0].DialTCP(context.Background(), addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		r := bufio.NewReader(c)
-		name, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, held{strings.TrimSpace(name), c, r})
-		count[strings.TrimSpace(name)]++
-	}
+	conns := holdConns(t, topo.Containers[0].NS, addr, 8, "be1", "be2")
 
 	// The failover: streams end, the new leader has no health results.
 	noResults := strings.ReplaceAll(healthApps(topo, port), `, "healthCheckResults": [{"alive": true}]`, "")

@@ -168,30 +168,7 @@ func TestMarathonEndToEnd(t *testing.T) {
 	}
 
 	// Hold connections to both backends through the VIP.
-	type held struct {
-		name string
-		c    net.Conn
-		r    *bufio.Reader
-	}
-	var conns []held
-	count := map[string]int{}
-	for len(conns) < 16 || count["be1"] == 0 || count["be2"] == 0 {
-		if len(conns) > 64 {
-			t.Fatalf("64 connections did not reach both backends: %v", count)
-		}
-		c, err := topo.Containers[0].DialTCP(context.Background(), addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		r := bufio.NewReader(c)
-		name, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, held{strings.TrimSpace(name), c, r})
-		count[strings.TrimSpace(name)]++
-	}
+	conns := holdConns(t, topo.Containers[0].NS, addr, 16, "be1", "be2")
 
 	// be2 fails its health check; Marathon announces it on the stream.
 	m.set(healthApps(topo, port, 1), "", "health_status_changed_event")

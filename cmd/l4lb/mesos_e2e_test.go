@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -94,31 +92,8 @@ func TestMesosEndToEnd(t *testing.T) {
 	}
 
 	// Hold connections to both brokers.
-	type held struct {
-		name string
-		c    net.Conn
-		r    *bufio.Reader
-	}
-	var conns []held
-	count := map[string]int{}
-	for len(conns) < 8 || count["be1"] == 0 || count["be2"] == 0 {
-		if len(conns) > 64 {
-			t.Fatalf("64 connections did not reach both brokers: %v", count)
-		}
-		c, err := ctr.DialTCP(context.Background(), addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		r := bufio.NewReader(c)
-		name, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, held{strings.TrimSpace(name), c, r})
-		count[strings.TrimSpace(name)]++
-	}
-	ping := func(h held) error {
+	conns := holdConns(t, ctr, addr, 8, "be1", "be2")
+	ping := func(h heldConn) error {
 		_ = h.c.SetDeadline(time.Now().Add(2 * time.Second))
 		fmt.Fprintln(h.c, "ping")
 		line, err := h.r.ReadString('\n')

@@ -311,3 +311,46 @@ func TestRunOnFile(t *testing.T) {
 		}
 	}
 }
+
+// heldConn is a TCP connection held through a VIP, with the name of the
+// backend that greeted it.
+type heldConn struct {
+	name string
+	c    net.Conn
+	r    *bufio.Reader
+}
+
+// holdConns opens connections from ns to addr until there are at least n
+// and every one of backends has greeted one of them (64 at most).
+func holdConns(t *testing.T, ns *netns.NS, addr netip.AddrPort, n int, backends ...string) []heldConn {
+	t.Helper()
+	var conns []heldConn
+	count := map[string]int{}
+	reached := func() bool {
+		for _, b := range backends {
+			if count[b] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	for len(conns) < n || !reached() {
+		if len(conns) > 64 {
+			t.Fatalf("64 connections did not reach every one of %v: %v", backends, count)
+		}
+		c, err := ns.DialTCP(context.Background(), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		r := bufio.NewReader(c)
+		name, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		name = strings.TrimSpace(name)
+		conns = append(conns, heldConn{name, c, r})
+		count[name]++
+	}
+	return conns
+}
