@@ -196,14 +196,18 @@ type Guard struct {
 // when it is a name), which no IP VIP may take. See AppHosts.
 type Host struct {
 	Addr netip.Addr
-	Name string // the host as the task gives it: an address or a name
+	Name string // the host as the task gives it when a name; "" when it is Addr itself
 	Task string // the task id (or its position)
 	App  string
 }
 
 // use is how the host names its address in a refusal.
 func (h Host) use() hostUse {
-	return hostUse{app: h.App, what: fmt.Sprintf("task host %s of task %s of app %s", h.Name, h.Task, h.App)}
+	name := h.Name
+	if name == "" {
+		name = h.Addr.String()
+	}
+	return hostUse{app: h.App, what: fmt.Sprintf("task host %s of task %s of app %s", name, h.Task, h.App)}
 }
 
 // hostUse is one use of an address by a task: as its host, or as a

@@ -301,11 +301,16 @@ type Change struct {
 // Empty reports whether nothing changed.
 func (c Change) Empty() bool { return len(c.Before) == 0 && len(c.After) == 0 && !c.Allocations }
 
+// smallCommit is the most units a commit may have reached and keep its
+// dirty map for the next one.
+const smallCommit = 256
+
 // Commit recomputes the units that changes reached and returns what changed
 // in the state.
 func (x *Index) Commit() Change {
 	var before, after []VIP
 	x.allocChanged = false
+	units := 0
 	// Names first: giving or releasing an address changes the IP VIP at
 	// that address, which is then recomputed too.
 	for pass := 0; pass < 2; pass++ {
@@ -314,11 +319,18 @@ func (x *Index) Commit() Change {
 				continue
 			}
 			delete(x.dirty, u)
+			units++
 			b, a := x.recompute(u)
 			before, after = append(before, b...), append(after, a...)
 		}
 	}
-	clear(x.dirty)
+	if units > smallCommit {
+		// A map keeps its size once grown, and ranging over it costs that
+		// size: after a full list, the next changes start small again.
+		x.dirty = map[unitKey]bool{}
+	} else {
+		clear(x.dirty)
+	}
 	slices.SortFunc(before, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
 	slices.SortFunc(after, func(a, b VIP) int { return a.Key().Compare(b.Key()) })
 	if len(before)+len(after) > 0 {

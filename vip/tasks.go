@@ -262,7 +262,11 @@ func AppHosts(app App, r Resolver, resolve bool) []Host {
 			if id == "" {
 				id = fmt.Sprintf("#%d", i)
 			}
-			out = append(out, Host{Addr: a, Name: t.Host, Task: id, App: app.ID})
+			name := t.Host
+			if a.String() == name {
+				name = "" // the address itself: the decoded string need not stay
+			}
+			out = append(out, Host{Addr: a, Name: name, Task: id, App: app.ID})
 		}
 	}
 	// One per address, the first task's, sorted by address.

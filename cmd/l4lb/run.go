@@ -189,6 +189,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Table:     f.table,
 		StateDir:  f.stateDir,
 		Logger:    log,
+		AfterList: memorySettler(log),
 	})
 
 	ln, err := net.Listen("tcp", f.apiListen)

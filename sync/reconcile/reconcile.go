@@ -61,6 +61,11 @@ type Config struct {
 	StateDir string // where allocations persist; empty keeps them in memory
 	Logger   *slog.Logger
 	Now      func() time.Time // time.Now when nil
+	// AfterList, when set, runs after a sync that took a full list from a
+	// source (the first sync, a resync, a stream that attached again). A
+	// full list leaves the most garbage the daemon makes (the decoded
+	// answer of every app), which the hook may return to the OS.
+	AfterList func()
 }
 
 // Publisher is what the DNS server offers the loop.
@@ -204,11 +209,12 @@ func (r *Reconciler) poke() {
 
 // take moves what the trackers recorded into the index. It reports
 // whether every source has listed, and the sources' errors.
-func (r *Reconciler) take() (ready bool, errs []error, failures int) {
+func (r *Reconciler) take() (ready, listed bool, errs []error, failures int) {
 	ready = true
 	for i, t := range r.trackers {
 		tk := t.Take()
 		ready = ready && tk.Listed
+		listed = listed || tk.HasList
 		if tk.Err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.cfg.Sources[i], tk.Err))
 			failures = max(failures, tk.Errs)
@@ -217,7 +223,7 @@ func (r *Reconciler) take() (ready bool, errs []error, failures int) {
 			func(g *source.Group) { r.index.Set(indexKey(i, g.Key), g.Decls, g.Problems, g.Hosts...) },
 			func(k source.Key) { r.index.Delete(indexKey(i, k)) })
 	}
-	return ready, errs, failures
+	return ready, listed, errs, failures
 }
 
 // indexKey qualifies a source's key with the source.
@@ -242,7 +248,10 @@ func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	st := r.lastStatus()
 	st.LastAttempt = r.cfg.Now()
 
-	ready, srcErrs, failures := r.take()
+	ready, listed, srcErrs, failures := r.take()
+	if listed && r.cfg.AfterList != nil {
+		defer r.cfg.AfterList()
+	}
 	var srcErr error
 	if len(srcErrs) > 0 {
 		srcErr = &StaleError{Err: errors.Join(srcErrs...)}

@@ -515,3 +515,33 @@ func TestTaskHostDeltaGuardsIPVIP(t *testing.T) {
 		t.Errorf("l4lb_ip_vips_refused after the task went: %v", got)
 	}
 }
+
+// TestAfterListFollowsFullLists checks that the hook runs after a sync that
+// took a source's full list, and not after one that took only deltas.
+func TestAfterListFollowsFullLists(t *testing.T) {
+	r, src, _, _ := newTest(t)
+	calls := 0
+	r.cfg.AfterList = func() { calls++ }
+	ctx := context.Background()
+	src.set(oneApp, nil)
+	if err := r.Sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Fatalf("after the first list: %d calls, want 1", calls)
+	}
+	src.sink.Update([]source.Group{{Key: "/other"}}, nil)
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Errorf("after a delta: %d calls, want still 1", calls)
+	}
+	src.set(oneApp, nil)
+	if err := r.Sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 {
+		t.Errorf("after a second list: %d calls, want 2", calls)
+	}
+}
