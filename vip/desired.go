@@ -202,7 +202,7 @@ func DesiredWith(apps []App, extra []Decl, cfg Config) (State, []Problem) {
 		d, p, _ := DeclareApp(app, cfg, nil)
 		decls = append(decls, d...)
 		problems = append(problems, p...)
-		hosts = append(hosts, AppHosts(app, cfg.Resolver, len(d) > 0)...)
+		hosts = append(hosts, AppHosts(app, d, cfg.Resolver)...)
 	}
 	state, buildProblems := Build(append(decls, extra...), cfg, hosts...)
 	return state, sortProblems(append(problems, buildProblems...))

@@ -198,12 +198,12 @@ func TestDesiredRefusesIPVIPs(t *testing.T) {
 		"app /hijack label VIP_3: IP VIP address 0.0.0.0 refused: unspecified address",
 		"app /hijack label VIP_4: IP VIP address ::1 refused: loopback address",
 		"app /hijack label VIP_5: IP VIP address fe80::1 refused: link-local address",
-		"app /hijack label VIP_6: IP VIP address 198.19.0.12 refused: the address of task host 198.19.0.12 of task w.1 of app /web",
+		"app /hijack label VIP_6: IP VIP address 198.19.0.12 refused: the address of backend 198.19.0.12:8080 of task w.1 of app /web",
 		"app /hijack label VIP_7: IP VIP address 198.19.0.1 refused: an address of this agent",
 		"app /hijack label VIP_8: IP VIP address 198.19.0.77 refused: inside 198.19.0.64/26, a network this agent is directly connected to",
 		"app /hijack label VIP_9: IP VIP address 255.255.255.255 refused: broadcast address",
 		"app /hijack label VIP_10: IP VIP address ff02::1 refused: multicast address",
-		"app /hijack label VIP_11: IP VIP address fd00:198:19::16 refused: the address of task host agent6.example of task w.2 of app /web",
+		"app /hijack label VIP_11: IP VIP address fd00:198:19::16 refused: the address of backend [fd00:198:19::16]:8080 of task w.2 of app /web",
 		"app /hijack label VIP_12: IP VIP address 198.19.9.9 refused: the address of task host 198.19.9.9 of task n.1 of app /novip",
 		"app /hijack label VIP_13: IP VIP address 198.18.254.1 refused: outside --ip-vip-ranges",
 		// agent1.example is the host of a container task:
@@ -236,7 +236,7 @@ func TestDesiredRefusesBackendAddresses(t *testing.T) {
 	assertProblems(t, problems, []string{
 		"app /steal label VIP_0: IP VIP address 198.19.1.10 refused: the address of backend 198.19.1.10:80 of task c.1 of app /ctr",
 		"app /steal label VIP_1: IP VIP address fd00:198:19::1:10 refused: the address of backend [fd00:198:19::1:10]:80 of task c.1 of app /ctr",
-		"app /self label VIP_0: IP VIP address 198.19.0.5 refused: the address of task host 198.19.0.5 of task s.1 of app /self",
+		"app /self label VIP_0: IP VIP address 198.19.0.5 refused: the address of backend 198.19.0.5:31000 of task s.1 of app /self",
 	})
 	if got := vipsOf(s); len(got) != 2 || !strings.HasPrefix(got[0], "ctr.") {
 		t.Errorf("VIPs = %v", got)

@@ -120,7 +120,7 @@ func TestIndexEqualsBuild(t *testing.T) {
 				}
 				app := randomApp(r, id)
 				d, p, _ := DeclareApp(app, cfg, nil)
-				h := AppHosts(app, nil, len(d) > 0)
+				h := AppHosts(app, d, nil)
 				x.Set(id, d, p, h...)
 				apps[id] = held{d, p, h}
 			}
@@ -251,14 +251,14 @@ func TestIndexGuardWork(t *testing.T) {
 	x := NewIndex(cfg)
 	ip := App{ID: "/ip", PortDefinitions: []Port{{Labels: map[string]string{"VIP_0": "198.19.0.5:80", "VIP_1": "198.19.7.1:80", "VIP_2": "name:80"}}}}
 	d, p, _ := DeclareApp(ip, cfg, nil)
-	x.Set("/ip", d, p, AppHosts(ip, nil, true)...)
+	x.Set("/ip", d, p, AppHosts(ip, d, nil)...)
 	if ch := x.Commit(); len(ch.After) != 3 {
 		t.Fatalf("first commit: %+v", ch)
 	}
 	// An app without VIPs starts a task (still staging) on 198.19.0.5.
 	other := App{ID: "/other", Tasks: []Task{{ID: "o.1", Host: "198.19.0.5", State: "TASK_STAGING"}}}
 	d, p, _ = DeclareApp(other, cfg, nil)
-	x.Set("/other", d, p, AppHosts(other, nil, len(d) > 0)...)
+	x.Set("/other", d, p, AppHosts(other, d, nil)...)
 	if want := map[unitKey]bool{{ip: netip.MustParseAddr("198.19.0.5")}: true}; !reflect.DeepEqual(x.dirty, want) {
 		t.Fatalf("a new task host marked %v, want only the IP VIP at its address", x.dirty)
 	}

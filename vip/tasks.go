@@ -235,10 +235,13 @@ func parseTasks(app App, known Health) ([]liveTask, []Problem, Health) {
 
 // AppHosts returns the addresses of an app's task hosts, whatever the
 // tasks' states, one per address (the first task at it), sorted by
-// address: an IP VIP must not take a host's address (Build, Index). Host
-// names are looked up (the resolver caches them) only when resolve is set,
-// for apps that declare VIPs, so that other apps cost no lookups.
-func AppHosts(app App, r Resolver, resolve bool) []Host {
+// address: an IP VIP must not take a host's address (Build, Index). decls
+// are the app's declarations (DeclareApp): an address that is one of their
+// backends is left out, since the backend guards it already. Host names are
+// looked up (the resolver caches them) only for apps that declare VIPs, so
+// that other apps cost no lookups.
+func AppHosts(app App, decls []Decl, r Resolver) []Host {
+	resolve := len(decls) > 0
 	if len(app.Tasks) == 0 {
 		return nil
 	}
@@ -272,6 +275,19 @@ func AppHosts(app App, r Resolver, resolve bool) []Host {
 	// One per address, the first task's, sorted by address.
 	slices.SortStableFunc(out, func(a, b Host) int { return a.Addr.Compare(b.Addr) })
 	out = slices.CompactFunc(out, func(a, b Host) bool { return a.Addr == b.Addr })
+	// An address that is also a backend of the app is a use already (a
+	// backend's use guards it the same way): with host networking or port
+	// mappings, that is every host, and keeping both would double the
+	// memory the guard costs.
+	if len(decls) > 0 {
+		backends := map[netip.Addr]bool{}
+		for _, d := range decls {
+			for _, b := range d.Backends {
+				backends[b.Addr] = true
+			}
+		}
+		out = slices.DeleteFunc(out, func(h Host) bool { return backends[h.Addr] })
+	}
 	switch {
 	case len(out) == 0:
 		return nil

@@ -126,7 +126,7 @@ func TestRenderRefusesIPVIPs(t *testing.T) {
 	for _, want := range []string{
 		"problem: app /hijack label VIP_0: IP VIP address 127.0.0.1 refused: loopback address",
 		"problem: app /hijack label VIP_1: IP VIP address 169.254.169.254 refused: link-local address",
-		"problem: app /hijack label VIP_2: IP VIP address 198.19.1.2 refused: the address of task host 198.19.1.2 of task w.1 of app /web",
+		"problem: app /hijack label VIP_2: IP VIP address 198.19.1.2 refused: the address of backend 198.19.1.2:8080 of task w.1 of app /web",
 		"problem: app /hijack label VIP_3: IP VIP address 224.0.0.1 refused: multicast address",
 		"problem: app /hijack label VIP_4: IP VIP address 0.0.0.0 refused: unspecified address",
 		"problem: app /hijack label VIP_5: IP VIP address ::1 refused: loopback address",

@@ -70,7 +70,7 @@ func BenchmarkChange(b *testing.B) {
 					on := i%2 == 0
 					app := benchApp(id, 10, kind == "health" && on, kind == "task" && on)
 					d, p, _ := vip.DeclareApp(app, cfg, nil)
-					sink.Update([]source.Group{{Key: source.Key(app.ID), Decls: d, Problems: p, Hosts: vip.AppHosts(app, nil, true)}}, nil)
+					sink.Update([]source.Group{{Key: source.Key(app.ID), Decls: d, Problems: p, Hosts: vip.AppHosts(app, d, nil)}}, nil)
 					if err := r.Sync(ctx, false); err != nil {
 						b.Fatal(err)
 					}

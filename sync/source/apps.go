@@ -47,7 +47,7 @@ func (a *appGroups) appLocked(app vip.App) Group {
 	} else {
 		a.health[k] = health
 	}
-	g := Group{Key: k, Decls: decls, Problems: problems, Hosts: vip.AppHosts(app, a.cfg.Resolver, len(decls) > 0)}
+	g := Group{Key: k, Decls: decls, Problems: problems, Hosts: vip.AppHosts(app, decls, a.cfg.Resolver)}
 	a.last[k] = g
 	return g
 }
