@@ -48,7 +48,7 @@ func (f *runFlags) register(fs *flag.FlagSet) {
 	fs.Var(&dnsListenFlag{l: &f.dnsListen}, "dns-listen", "DNS listen addresses, comma-separated; empty turns DNS off")
 	fs.Var(&f.dnsUpstreams, "dns-upstream", "DNS servers for names outside the zone, comma-separated (otherwise REFUSED)")
 	fs.StringVar(&f.apiListen, "api-listen", "127.0.0.1:62080", "HTTP API listen address (/v1/vips, /v1/problems, /metrics, /healthz)")
-	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync that reads the kernel back and repairs drift")
+	fs.DurationVar(&f.resync, "resync", 30*time.Second, "period of the full resync that reads the kernel back and repairs drift: after this long without a change, and at least every 10 times this long")
 	fs.DurationVar(&f.minSync, "min-sync-interval", 500*time.Millisecond, "least time between two syncs: bursts of changes coalesce")
 	fs.BoolVar(&f.flushUnhealthy, "flush-unhealthy", true, "delete the conntrack entries of unhealthy backends, not only of gone ones")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -74,6 +74,12 @@ func (d *dnsListenFlag) Set(v string) error {
 	}
 	return d.l.Set(v)
 }
+
+// resyncMaxFactor bounds how long changes may postpone the full resync, in
+// --resync periods: a full read-back of the table takes about a second at
+// 50,000 VIPs and changes wait for it, so under constant churn it runs
+// every 10 periods (5 minutes at the default) rather than every period.
+const resyncMaxFactor = 10
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run")
@@ -230,7 +236,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	go func() {
 		defer wg.Done()
-		errc <- rec.Run(ctx, runner.Options{MinInterval: f.minSync, Resync: f.resync,
+		errc <- rec.Run(ctx, runner.Options{MinInterval: f.minSync, Resync: f.resync, ResyncMax: resyncMaxFactor * f.resync,
 			BackoffMin: 250 * time.Millisecond, BackoffMax: 30 * time.Second, Jitter: 0.1})
 	}()
 	var runErr error

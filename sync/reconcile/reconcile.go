@@ -564,9 +564,10 @@ func (r *Reconciler) syncForward(ctx context.Context, rs *nat.Ruleset) {
 // with exponential backoff (again full, since what the kernel holds is in
 // doubt). It returns when ctx is done; the rules stay in place.
 func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
-	// opts.ResyncEvery keeps the full resync periodic under constant churn;
-	// off by default: a resync reads the whole table back (seconds at
-	// 50,000 VIPs under load) and changes wait for it.
+	// opts.ResyncMax bounds how long constant churn postpones the full
+	// resync (l4lb run: 10 periods); opts.ResyncEvery would make it strictly
+	// periodic, but a resync reads the whole table back (about a second at
+	// 50,000 VIPs) and changes wait for it.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	run := runner.New(func(ctx context.Context, why runner.Reason) error {

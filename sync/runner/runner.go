@@ -6,7 +6,8 @@
 // within MinInterval of the last run's start, they cause exactly one more
 // run. A failed run is retried after an exponential backoff, during which
 // triggers wait for the retry; a successful run resets the backoff. Resync
-// runs the function when nothing else did for that long. Runs never overlap:
+// runs the function when nothing else did for that long (and, with
+// ResyncMax, at the latest that long after the last resync). Runs never overlap:
 // they all happen on the goroutine that calls Run.
 package runner
 
@@ -45,6 +46,11 @@ type Options struct {
 	// full); and a resync alone does not delay the next triggered run by
 	// MinInterval.
 	ResyncEvery bool
+	// ResyncMax, without ResyncEvery, bounds how long a constant stream of
+	// triggers may postpone the resync: a run that starts when this long
+	// has passed since the end of the last resync (or the initial run, or
+	// a retry) is a resync too. Zero: triggers postpone it indefinitely.
+	ResyncMax time.Duration
 	// Jitter, between 0 and 1, shortens every retry delay and resync period
 	// by a random fraction of up to Jitter, so that agents that failed
 	// together, or started together, do not hit their source in step.
@@ -140,6 +146,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		backoff   time.Duration
 		retryAt   time.Time
 		resyncAt  time.Time
+		forceAt   time.Time // ResyncMax: when a run must be a resync
 	)
 	for {
 		// When is the next run due, and why?
@@ -187,6 +194,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		if r.opts.Resync > 0 && r.opts.ResyncEvery && !resyncAt.IsZero() && !time.Now().Before(resyncAt) {
 			reason |= Resync // due, even if triggers kept it from being chosen
 		}
+		if r.opts.Resync > 0 && r.opts.ResyncMax > 0 && !forceAt.IsZero() && !time.Now().Before(forceAt) {
+			reason |= Resync // triggers postponed it long enough
+		}
 
 		if !r.opts.ResyncEvery || reason != Resync {
 			// With ResyncEvery, MinInterval bounds the triggered runs: a
@@ -211,6 +221,9 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		if r.opts.Resync > 0 && (!r.opts.ResyncEvery || reason&(Initial|Resync|Retry) != 0 || resyncAt.IsZero()) {
 			resyncAt = end.Add(r.jitter(r.opts.Resync))
+		}
+		if r.opts.ResyncMax > 0 && reason&(Initial|Resync|Retry) != 0 {
+			forceAt = end.Add(r.jitter(r.opts.ResyncMax))
 		}
 	}
 }

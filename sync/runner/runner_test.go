@@ -441,3 +441,35 @@ func TestResyncEveryUnderTriggers(t *testing.T) {
 		stop()
 	})
 }
+
+// With ResyncMax, a constant stream of triggers postpones the resync only
+// that long: the first run after it is a resync, and so is the next one
+// ResyncMax after that, while a quiet spell still resyncs after Resync.
+func TestResyncMaxUnderTriggers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder()
+		rec.dur = time.Second
+		r := New(rec.fn, Options{Resync: 30 * time.Second, ResyncMax: 45 * time.Second, MinInterval: time.Second})
+		stop := start(t, r)
+		for at := 10 * time.Second; at <= 100*time.Second; at += 10 * time.Second {
+			rec.sleepUntil(at)
+			r.Trigger()
+		}
+		rec.sleepUntil(140 * time.Second)
+		rec.check(t,
+			run{0, Initial},
+			run{10 * time.Second, Triggered},
+			run{20 * time.Second, Triggered},
+			run{30 * time.Second, Triggered},
+			run{40 * time.Second, Triggered},
+			run{50 * time.Second, Triggered | Resync}, // 46 s after the initial run ended
+			run{60 * time.Second, Triggered},
+			run{70 * time.Second, Triggered},
+			run{80 * time.Second, Triggered},
+			run{90 * time.Second, Triggered},
+			run{100 * time.Second, Triggered | Resync},
+			run{131 * time.Second, Resync}, // quiet: Resync after the last run
+		)
+		stop()
+	})
+}
