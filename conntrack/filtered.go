@@ -3,6 +3,7 @@ package conntrack
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/netip"
 	"syscall"
 	"time"
@@ -229,4 +230,84 @@ func (d *filtered) dump(out []Flow, fam uint8, replySrc netip.Addr, want map[net
 		}
 		return out, fmt.Errorf("ctnetlink dump: %w", errno)
 	}
+}
+
+// deleteBatch is the most delete requests sent in one datagram before their
+// answers are read. An answer is an acknowledgement or an error that
+// carries the request back, up to about 150 bytes: a batch's answers stay
+// far below the socket's receive buffer, so none is dropped.
+const deleteBatch = 128
+
+// remove deletes flows (each with complete tuples), deleteBatch requests
+// per datagram, and calls done with the place of each flow in flows and the
+// kernel's answer to it: 0 when the entry was deleted, an errno otherwise (ENOENT: it is gone
+// already, or holds another flow now). It stops at the first failure of the
+// socket.
+func (d *filtered) remove(flows []Flow, done func(i int, errno syscall.Errno)) error {
+	var req []byte
+	for off := 0; off < len(flows); {
+		batch := flows[off:min(len(flows), off+deleteBatch)]
+		req = req[:0]
+		if d.seq > math.MaxUint32-deleteBatch-1 {
+			d.seq = 0 // the batch's sequence numbers follow each other
+		}
+		first := d.seq + 1
+		for _, f := range batch {
+			start := len(req)
+			req = append(req, make([]byte, nlmsgHdrLen)...) // the header, filled below
+			req = appendDeleteRequest(req, f)
+			native.PutUint32(req[start:], uint32(len(req)-start))
+			native.PutUint16(req[start+4:], msgCTDelete)
+			native.PutUint16(req[start+6:], nlmFRequest|nlmFAck)
+			native.PutUint32(req[start+8:], d.nextSeq())
+		}
+		if err := d.send(req); err != nil {
+			return err
+		}
+		pending := len(batch)
+		for pending > 0 {
+			b, err := d.recv()
+			if err != nil {
+				return err
+			}
+			err = messages(b, func(m message) error {
+				i := int(m.seq - first)
+				if m.typ != nlmsgError || m.seq-first >= uint32(len(batch)) {
+					return nil // an answer to an earlier request
+				}
+				e, err := m.errno()
+				if err != nil {
+					return err
+				}
+				done(off+i, syscall.Errno(e))
+				pending--
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		off += len(batch)
+	}
+	return nil
+}
+
+// send writes one datagram of requests.
+func (d *filtered) send(b []byte) error {
+	var werr error
+	err := d.raw.Write(func(fd uintptr) bool {
+		for {
+			werr = unix.Sendto(int(fd), b, unix.MSG_DONTWAIT, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+			if werr != unix.EINTR {
+				return werr != unix.EAGAIN
+			}
+		}
+	})
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("send to ctnetlink: %w", err)
+	}
+	return nil
 }

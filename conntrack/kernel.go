@@ -20,44 +20,41 @@ import (
 // Kernel has two ways into the conntrack table, because ti-mo/conntrack
 // (v0.5.1) cannot say everything that the pass after a change needs:
 //
-//   - Flows (the full pass: at start, after a failed pass, on resync) and
-//     Delete (every pass) go through ti-mo/conntrack. Flows is one
-//     Conn.Dump of the whole table, both families; ti-mo filters in the
-//     kernel only by mark, so the DNATed flows are kept here (status
-//     IPS_DST_NAT, and a reply that does not come from the original
-//     destination). ti-mo decodes every attribute of every entry into a
-//     496-byte Flow: with 100,000 entries, Flows takes 0.55 to 0.75 s and
-//     allocates 260 MB, 1.5 to 2 times the time (and 3.7 times the memory) of
-//     the hand-written dump of the same flows (FlowsFrom with every
-//     backend); that is the library's price
-//     on a pass that runs rarely. Delete is one Conn.Delete round trip per
-//     entry, 25 to 35 µs each: 75 to 105 ms for a backend with 3,000 flows.
+//   - Flows (the full pass: at start, after a failed pass, on resync) goes
+//     through ti-mo/conntrack: one Conn.Dump of the whole table, both
+//     families; ti-mo filters in the kernel only by mark, so the DNATed
+//     flows are kept here (status IPS_DST_NAT, and a reply that does not
+//     come from the original destination). ti-mo decodes every attribute
+//     of every entry into a 496-byte Flow: with 100,000 entries, Flows
+//     takes 0.4 to 0.75 s and allocates 260 MB, 1.5 to 2 times the time
+//     (and 3.7 times the memory) of the hand-written dump of the same flows
+//     (FlowsFrom with every backend); that is the library's price on a pass
+//     that runs rarely.
 //   - FlowsFrom (the pass after a change, narrowed to the backends that lost
 //     their place) is a hand-written ctnetlink dump (filtered.go, wire.go)
 //     that asks the kernel for the DNATed flows of one backend address at a
 //     time (CTA_STATUS with CTA_STATUS_MASK, and a reply-tuple CTA_FILTER),
 //     which ti-mo cannot express. The kernel still walks the whole table
 //     but serializes only those flows, and only their tuples, id and zone
-//     are decoded: 40 to 60 ms with 100,000 entries, where a ti-mo dump and
-//     a selection here would cost a full pass's 0.6 s after every change.
-//     With the deletes, such a pass over 100,000 entries that removes a
-//     backend's 3,000 takes 115 to 165 ms (BenchmarkCleanup).
+//     are decoded: 25 to 60 ms with 100,000 entries, where a ti-mo dump and
+//     a selection here would cost a full pass's 0.5 s after every change.
+//   - Delete (every pass) is hand-written too, on the same socket: up to
+//     128 requests in one datagram, then their answers, 6 to 7 µs an entry
+//     where ti-mo's Conn.Delete, one round trip per entry, took 45 to 50 µs
+//     (BenchmarkCleanup: a pass over 100,000 entries that removes a
+//     backend's 3,000 takes about 50 ms, 190 ms with ti-mo's deletes).
 //
-// Which entry a delete hits: ti-mo's Delete does not send the entry's id
-// (CTA_ID; its Flow.marshal leaves the id out), and the kernel deletes
-// whatever entry holds the request's tuple when the request arrives.
-// Between the listing and the delete, a listed entry may end and a new flow
-// take its original tuple: a client that reuses its source port towards the
-// same VIP (a SYN on a TIME_WAIT entry replaces it at once). That new flow
-// went through the new ruleset to a live backend, and deleting it would
-// reset it or delay its handshake. So Delete names the entry by its reply
-// tuple instead, which holds the backend: the newcomer's reply comes from
-// another backend and is left alone (ENOENT: the listed entry is gone).
-// The only other entry that can hold that reply tuple is one just as stale
-// (DNATed to the same lost backend) or a flow opened straight to the
-// backend's address, without NAT, whose next packet recreates the same
-// entry. Looking each entry up first (Conn.Get, to compare the id) would
-// narrow the window to microseconds but cost 2.5 to 3 times as much.
+// Which entry a delete hits: the request names the entry by its reply
+// tuple, which holds the backend, and by its id (CTA_ID) when the listing
+// gave one; the kernel deletes the entry that holds the tuple only if the
+// id matches, and answers ENOENT otherwise. Between the listing and the
+// delete, a listed entry may end and a new flow take its original tuple: a
+// client that reuses its source port towards the same VIP (a SYN on a
+// TIME_WAIT entry replaces it at once). That new flow went through the new
+// ruleset to a live backend, and deleting it would reset it or delay its
+// handshake. Its reply tuple holds another backend, and its id is another
+// one: it is left alone. Even a flow opened straight to the backend's
+// address, without NAT, that took the very reply tuple is safe by its id.
 //
 // The two paths use two sockets, dialed in the namespace given WithNetNS
 // and again after a failure.
@@ -232,9 +229,11 @@ func (k *Kernel) Flows(ctx context.Context) (flows []Flow, err error) {
 	return flows, nil
 }
 
-// Delete implements Interface with one ti-mo request per entry, naming it
-// by its reply tuple (see the file comment). A flow without complete tuples
-// is refused here and never reaches the kernel.
+// Delete implements Interface on the hand-written socket: the requests go
+// deleteBatch to a datagram, each naming its entry by its reply tuple and
+// its id (see the file comment), and the kernel's answers are read after
+// each datagram. A flow without complete tuples is refused here and never
+// reaches the kernel.
 func (k *Kernel) Delete(ctx context.Context, flows []Flow) (deleted int, err error) {
 	if len(flows) == 0 {
 		return 0, nil
@@ -244,38 +243,42 @@ func (k *Kernel) Delete(ctx context.Context, flows []Flow) (deleted int, err err
 	if err := k.usable(ctx); err != nil {
 		return 0, err
 	}
+	// The failure reported is the first in the order of flows.
 	var failed int
 	var first error
-	fail := func(err error) {
+	firstAt := len(flows)
+	fail := func(i int, err error) {
 		failed++
-		if first == nil {
-			first = err
+		if i < firstAt {
+			first, firstAt = err, i
 		}
 	}
-	err = k.withCT(ctx, func(c *ct.Conn) error {
-		for _, f := range flows {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			req, err := toCT(f)
-			if err != nil {
-				fail(err)
-				continue
-			}
-			gone, err := answer(c.Delete(req))
-			switch {
-			case errors.Is(err, errRefused):
-				fail(fmt.Errorf("delete %s: %w", f, err))
-			case err != nil:
-				return fmt.Errorf("delete %s: %w", f, err)
-			case !gone:
-				deleted++
-			}
+	valid := make([]Flow, 0, len(flows))
+	at := make([]int, 0, len(flows)) // of each valid flow, its place in flows
+	for i, f := range flows {
+		if err := checkTuples(f); err != nil {
+			fail(i, err)
+			continue
 		}
-		return nil
-	})
+		valid, at = append(valid, f), append(at, i)
+	}
+	d := &k.filtered
+	end, err := d.begin(ctx, k.netns)
 	if err != nil {
-		return deleted, err
+		return 0, err
+	}
+	err = d.remove(valid, func(i int, errno syscall.Errno) {
+		switch errno {
+		case 0:
+			deleted++
+		case unix.ENOENT:
+		default:
+			fail(at[i], fmt.Errorf("delete %s: %w: %w", valid[i], errRefused, errno))
+		}
+	})
+	end(&err)
+	if err != nil {
+		return deleted, fmt.Errorf("delete: %w", err)
 	}
 	if failed > 0 {
 		return deleted, &DeleteError{Failed: failed, Err: first}
@@ -286,22 +289,6 @@ func (k *Kernel) Delete(ctx context.Context, flows []Flow) (deleted int, err err
 // errRefused marks the kernel's refusal of one request, as opposed to a
 // failure of the connection.
 var errRefused = errors.New("refused by the kernel")
-
-// answer sorts out the outcome of one request: done (nil), the entry is not
-// there (gone, ENOENT), refused by the kernel (an error wrapping errRefused
-// and the errno), or a failure of the connection (any other error).
-func answer(err error) (gone bool, _ error) {
-	var errno syscall.Errno
-	switch {
-	case err == nil:
-		return false, nil
-	case errors.Is(err, unix.ENOENT):
-		return true, nil
-	case errors.As(err, &errno):
-		return false, fmt.Errorf("%w: %w", errRefused, errno)
-	}
-	return false, err
-}
 
 // fromCT is the plain Flow of a ti-mo flow.
 func fromCT(c *ct.Flow) Flow {
@@ -320,25 +307,15 @@ func fromCT(c *ct.Flow) Flow {
 // errBadFlow marks a flow that cannot name one entry.
 var errBadFlow = errors.New("flow has no complete tuples")
 
-// toCT is the ti-mo request that names f's entry by its reply tuple and
-// zone. ti-mo v0.5.1 sends a tuple only when its protocol is set, but takes
-// the request's address family from the addresses of both tuples: the
-// original tuple carries f's addresses without a protocol, so that an IPv6
-// request goes out as IPv6, and is not sent. A delete request without any
-// tuple would make the kernel flush the whole table, so a flow whose tuples
-// are not complete (a protocol, four addresses of one family without
-// scope) is refused.
-func toCT(f Flow) (ct.Flow, error) {
+// checkTuples refuses a flow that does not name one entry: a protocol and
+// four addresses of one family without scope. A delete request without a
+// tuple would make the kernel flush the whole table.
+func checkTuples(f Flow) error {
 	addrs := [4]netip.Addr{f.OrigSrc.Addr(), f.OrigDst.Addr(), f.ReplySrc.Addr(), f.ReplyDst.Addr()}
 	for _, a := range addrs {
 		if !a.IsValid() || a.Is4() != addrs[0].Is4() || a.Zone() != "" || f.Proto == 0 {
-			return ct.Flow{}, fmt.Errorf("%w: %s", errBadFlow, f)
+			return fmt.Errorf("%w: %s", errBadFlow, f)
 		}
 	}
-	var c ct.Flow
-	c.Zone = f.Zone
-	c.TupleOrig.IP = ct.IPTuple{SourceAddress: addrs[0], DestinationAddress: addrs[1]}
-	c.TupleReply.IP = ct.IPTuple{SourceAddress: addrs[2], DestinationAddress: addrs[3]}
-	c.TupleReply.Proto = ct.ProtoTuple{Protocol: uint8(f.Proto), SourcePort: f.ReplySrc.Port(), DestinationPort: f.ReplyDst.Port()}
-	return c, nil
+	return nil
 }

@@ -41,6 +41,7 @@ const (
 
 	subsysCTNetlink = 1
 	msgCTGet        = subsysCTNetlink<<8 | 1 // IPCTNL_MSG_CT_GET
+	msgCTDelete     = subsysCTNetlink<<8 | 2 // IPCTNL_MSG_CT_DELETE
 
 	familyUnspec = 0  // AF_UNSPEC: both families
 	familyIPv4   = 2  // AF_INET
@@ -101,6 +102,8 @@ func nest(b []byte, typ uint16, fill func([]byte) []byte) []byte {
 
 func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
 func nfgenmsg(b []byte, family uint8) []byte { return append(b, family, 0, 0, 0) }
 
 // appendDumpRequest appends the body of a dump request: every DNATed flow of
@@ -124,6 +127,39 @@ func appendDumpRequest(b []byte, fam uint8, replySrc netip.Addr) []byte {
 	}
 	b = appendAttr(b, ctaStatus, be32(ipsDstNAT))
 	return appendAttr(b, ctaStatusMask, be32(ipsDstNAT))
+}
+
+// appendDeleteRequest appends the body of a request that deletes the entry
+// of f, named by its reply tuple (which holds the backend), its zone and,
+// when f has one, its id: the kernel deletes the entry that holds the
+// tuple only if its id is f's, and answers ENOENT otherwise. kernel.go says
+// why the reply tuple. f must have complete tuples (checkTuples): a delete
+// request without a tuple makes the kernel flush the whole table.
+func appendDeleteRequest(b []byte, f Flow) []byte {
+	src, dst := f.ReplySrc.Addr(), f.ReplyDst.Addr()
+	fam, srcType, dstType := uint8(familyIPv4), uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	if !src.Is4() {
+		fam, srcType, dstType = familyIPv6, ctaIPv6Src, ctaIPv6Dst
+	}
+	b = nfgenmsg(b, fam)
+	b = nest(b, ctaTupleReply, func(b []byte) []byte {
+		b = nest(b, ctaTupleIP, func(b []byte) []byte {
+			b = appendAttr(b, srcType, src.AsSlice())
+			return appendAttr(b, dstType, dst.AsSlice())
+		})
+		return nest(b, ctaTupleProto, func(b []byte) []byte {
+			b = appendAttr(b, ctaProtoNum, []byte{uint8(f.Proto)})
+			b = appendAttr(b, ctaProtoSrcPort, be16(f.ReplySrc.Port()))
+			return appendAttr(b, ctaProtoDstPort, be16(f.ReplyDst.Port()))
+		})
+	})
+	if f.Zone != 0 {
+		b = appendAttr(b, ctaZone, be16(f.Zone))
+	}
+	if f.ID != 0 {
+		b = appendAttr(b, ctaID, be32(f.ID))
+	}
+	return b
 }
 
 // attrs walks the attributes in b, calling fn with each one's type (flags

@@ -9,8 +9,6 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-
 func family(a netip.Addr) uint8 {
 	if a.Is4() {
 		return familyIPv4
@@ -167,4 +165,45 @@ func FuzzParseFlow(f *testing.F) {
 		}
 		_ = messages(b, func(m message) error { _, _ = m.errno(); return nil })
 	})
+}
+
+// A delete request names the entry by its reply tuple, zone and id, and
+// carries no original tuple (the kernel would look that one up instead).
+func TestAppendDeleteRequest(t *testing.T) {
+	for _, f := range []Flow{
+		{Proto: vip.TCP, OrigSrc: ap("198.19.1.11", 40650), OrigDst: ap("198.18.0.1", 80),
+			ReplySrc: ap("198.19.0.22", 8080), ReplyDst: ap("198.19.1.11", 40650), ID: 9},
+		{Proto: vip.UDP, OrigSrc: ap("fd00:198:19::1:b", 5353), OrigDst: ap("fd00:198:18::1", 53),
+			ReplySrc: ap("fd00:198:19::c", 31053), ReplyDst: ap("fd00:198:19::1:b", 5353), Zone: 7, ID: 42},
+		{Proto: vip.TCP, OrigSrc: ap("198.19.1.11", 1), OrigDst: ap("198.18.0.1", 80),
+			ReplySrc: ap("198.19.0.22", 80), ReplyDst: ap("198.19.1.11", 1)}, // no id: by tuple alone
+	} {
+		b := appendDeleteRequest(nil, f)
+		if b[0] != family(f.ReplySrc.Addr()) {
+			t.Errorf("%s: family %d", f, b[0])
+		}
+		var got Flow
+		seen := map[uint16]int{}
+		err := attrs(b[nfgenmsgLen:], func(typ uint16, data []byte) error {
+			seen[typ]++
+			switch typ {
+			case ctaTupleReply:
+				tu, err := parseTuple(data)
+				got.Proto, got.ReplySrc, got.ReplyDst = tu.proto, tu.src, tu.dst
+				return err
+			case ctaZone:
+				got.Zone = binary.BigEndian.Uint16(data)
+			case ctaID:
+				got.ID = binary.BigEndian.Uint32(data)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		want := Flow{Proto: f.Proto, ReplySrc: f.ReplySrc, ReplyDst: f.ReplyDst, Zone: f.Zone, ID: f.ID}
+		if got != want || seen[ctaTupleOrig] != 0 || seen[ctaTupleReply] != 1 || (f.ID == 0) != (seen[ctaID] == 0) {
+			t.Errorf("%s: request names %+v (attributes %v), want %+v", f, got, seen, want)
+		}
+	}
 }
