@@ -193,20 +193,22 @@ type ControlPoint struct {
 // N apps x 10 tasks, then changes announced on /v2/events, each measured
 // Reps times.
 type MarathonPoint struct {
-	VIPs           int    `json:"vips"`
-	Backends       int    `json:"backends_per_vip"`
-	Reps           int    `json:"reps"`
-	ColdSeconds    Num    `json:"cold_seconds"`
-	RSSBytes       int64  `json:"rss_bytes,omitempty"`
-	BadP50Ms       Num    `json:"health_bad_p50_ms"` // event to the start of the last new connection that reaches the failed task
-	BadP99Ms       Num    `json:"health_bad_p99_ms"` // (p99 of Reps: the largest but the top 1%)
-	AddP50Ms       Num    `json:"task_added_p50_ms"` // event to the first new connection that reaches the new task
-	AddP99Ms       Num    `json:"task_added_p99_ms"` //
-	CPUms          Num    `json:"cpu_ms_per_change"` // daemon CPU over every change, divided by the changes
-	BytesPerChange Num    `json:"bytes_per_change"`  // app data read from Marathon per change
-	Lists          int64  `json:"full_lists"`        // full lists read during the changes (0 expected)
-	Skipped        string `json:"skipped,omitempty"`
-	Error          string `json:"error,omitempty"`
+	VIPs           int       `json:"vips"`
+	Backends       int       `json:"backends_per_vip"`
+	Reps           int       `json:"reps"`
+	ColdSeconds    Num       `json:"cold_seconds"`
+	RSSBytes       int64     `json:"rss_bytes,omitempty"`
+	BadP50Ms       Num       `json:"health_bad_p50_ms"`       // event to the start of the last new connection that reaches the failed task
+	BadP99Ms       Num       `json:"health_bad_p99_ms"`       // (p99 of Reps: the largest but the top 1%)
+	AddP50Ms       Num       `json:"task_added_p50_ms"`       // event to the first new connection that reaches the new task
+	AddP99Ms       Num       `json:"task_added_p99_ms"`       //
+	CPUms          Num       `json:"cpu_ms_per_change"`       // daemon CPU over every change, divided by the changes
+	BytesPerChange Num       `json:"bytes_per_change"`        // app data read from Marathon per change
+	Lists          int64     `json:"full_lists"`              // full lists read during the changes (0 expected)
+	BadMs          []float64 `json:"health_bad_ms,omitempty"` // every sample, in order
+	AddMs          []float64 `json:"task_added_ms,omitempty"` //
+	Skipped        string    `json:"skipped,omitempty"`
+	Error          string    `json:"error,omitempty"`
 }
 
 // Convergence is what follows a backend's health turning bad in the source.

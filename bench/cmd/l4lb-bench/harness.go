@@ -928,6 +928,7 @@ func (h *harness) marathonPoint(ctx context.Context, p *report.MarathonPoint) er
 		p.BytesPerChange = report.Num(float64(m.Served()-bytes0) / float64(changes))
 	}
 	p.Lists = m.Lists() - lists0
+	p.AddMs, p.BadMs = addMs, badMs
 	p.AddP50Ms, p.AddP99Ms = percentile(addMs, 0.5), percentile(addMs, 0.99)
 	p.BadP50Ms, p.BadP99Ms = percentile(badMs, 0.5), percentile(badMs, 0.99)
 	if rss, err := h.daemon.RSS(); err == nil {
