@@ -45,7 +45,7 @@ type Result struct {
 	Batches  int  // netlink batches sent
 	Elements int  // set elements added or deleted
 	Chains   int  // chains created, refilled or deleted
-	Dropped  int  // of those, unused lbN chains deleted (left by earlier changes, not drift)
+	Dropped  int  // of those, refills of chain lb that only drop the rules of counts no longer used (left by earlier changes, not drift)
 	Routes   int  // routes added or deleted
 }
 
@@ -163,8 +163,7 @@ func (k *Kernel) Apply(ctx context.Context, r *Ruleset, full bool) (Result, erro
 	if !p.empty() {
 		res.Rebuilt = p.rebuild
 		res.Elements = p.elements()
-		res.Chains = len(p.newChains) + len(p.fixChains) + len(p.dropChains)
-		res.Dropped = len(p.dropChains)
+		res.Chains, res.Dropped = p.chainChanges()
 		batches, err := k.encode(p, r)
 		if err != nil {
 			k.obs = nil
@@ -331,9 +330,7 @@ func (k *Kernel) nftSet(d setDecl, id uint32) *nftables.Set {
 	s := &nftables.Set{Table: t, Name: d.name, ID: id}
 	switch d.kind {
 	case kindVIPs:
-		s.IsMap = true
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)
-		s.DataType = nftables.TypeVerdict
 	case kindBackends:
 		s.IsMap = true
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
@@ -401,7 +398,8 @@ func elemSize(e nftables.SetElement) int {
 
 // flushElems emits the pending element changes: deletions of VIP elements
 // first, then backend deletions, backend additions, VIP additions (so a VIP
-// never points at slots that are not filled), in messages of bounded size.
+// is never matched before its slots are filled), in messages of bounded
+// size.
 func (b *batchBuilder) flushElems() error {
 	emit := func(del bool, set string) error {
 		m := b.add
@@ -432,7 +430,7 @@ func (b *batchBuilder) flushElems() error {
 		m[set] = nil
 		return nil
 	}
-	for _, set := range []string{mapVIPs4, mapVIPs6} {
+	for _, set := range []string{setVIPs4, setVIPs6} {
 		if err := emit(true, set); err != nil {
 			return err
 		}
@@ -442,7 +440,7 @@ func (b *batchBuilder) flushElems() error {
 			return err
 		}
 	}
-	for _, set := range []string{setHairpin4, setHairpin6, setIPVIPs4, setIPVIPs6, mapBackends4, mapBackends6, mapVIPs4, mapVIPs6} {
+	for _, set := range []string{setHairpin4, setHairpin6, setIPVIPs4, setIPVIPs6, mapBackends4, mapBackends6, setVIPs4, setVIPs6} {
 		if err := emit(false, set); err != nil {
 			return err
 		}
@@ -469,8 +467,9 @@ func (b *batchBuilder) cut() error {
 
 // encode turns a plan into batches: structure first (with whatever elements
 // fit), then the per-VIP units packed into bounded batches, then removals of
-// stray and unused elements, then unused chains in a batch of their own
-// (deleting a chain in the batch that drops the last jump to it can fail).
+// stray and unused elements, then, in a batch of their own, chain lb
+// without the counts no longer used (once no VIP has their slots) and
+// chains l4lb does not know.
 func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 	enc, err := newEncoder()
 	if err != nil {
@@ -498,7 +497,7 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		chains[c.name] = k.nftChain(c)
 	}
 	// Chains in the order of the text (so that nft lists them the same),
-	// all of them before any rule, since rules jump to refuse and lbN. One
+	// all of them before any rule, since rules jump to refuse and lb. One
 	// batch is atomic: no packet sees a chain before its rules.
 	for _, c := range p.newChains {
 		enc.c.AddChain(chains[c.name])
@@ -529,9 +528,9 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 				return nil, err
 			}
 		}
-		vmap, bemap := pick(u.key.Addr, mapVIPs4, mapVIPs6), pick(u.key.Addr, mapBackends4, mapBackends6)
+		vset, bemap := pick(u.key.Addr, setVIPs4, setVIPs6), pick(u.key.Addr, mapBackends4, mapBackends6)
 		if u.delVIP {
-			b.elem(true, vmap, nftables.SetElement{Key: vipKeyBytes(u.key)})
+			b.elem(true, vset, nftables.SetElement{Key: vipKeyBytes(u.key)})
 		}
 		for _, s := range u.delSlots {
 			b.elem(true, bemap, nftables.SetElement{Key: beKeyBytes(u.key, s)})
@@ -540,8 +539,7 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 			b.elem(false, bemap, nftables.SetElement{Key: beKeyBytes(u.key, s.slot), Val: beValBytes(s.be)})
 		}
 		if u.addVIP != nil {
-			b.elem(false, vmap, nftables.SetElement{Key: vipKeyBytes(u.key), Comment: u.addVIP.comment,
-				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: verdictFor(u.addVIP.n)}})
+			b.elem(false, vset, nftables.SetElement{Key: vipKeyBytes(u.key), Comment: *u.addVIP})
 		}
 	}
 	for _, s := range p.strays {
@@ -555,6 +553,15 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 	}
 	if err := b.cut(); err != nil {
 		return nil, err
+	}
+	if c := p.trimLB; c != nil {
+		ch := k.nftChain(*c)
+		enc.c.FlushChain(ch)
+		b.op("flush chain "+c.name, 64)
+		for i, rl := range c.rules {
+			enc.c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: k.ruleExprs(rl, b.ids)})
+			b.op(fmt.Sprintf("add rule %d of chain %s", i+1, c.name), 256)
+		}
 	}
 	for _, name := range p.dropChains {
 		c := &nftables.Chain{Name: name, Table: t}
@@ -683,7 +690,8 @@ func (k *Kernel) ruleExprs(r rule, ids map[string]uint32) []expr.Any {
 	case ruleVIPLookup:
 		key, _ := loadKey(r.v6)
 		out = append(nfproto(r.v6), key...)
-		out = append(out, &expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.set, SetID: ids[r.set]})
+		out = append(out, &expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: ids[r.set]},
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainLB})
 	case ruleRefusePrefix:
 		out = append(nfproto(r.v6), prefixMatch(r.prefix)...)
 		out = append(out, gotoRefuse())
@@ -698,7 +706,7 @@ func (k *Kernel) ruleExprs(r rule, ids map[string]uint32) []expr.Any {
 		}
 		out = append(nfproto(r.v6), key...)
 		out = append(out,
-			&expr.Numgen{Register: next, Modulus: uint32(r.n), Type: unix.NFT_NG_RANDOM},
+			&expr.Numgen{Register: next, Modulus: uint32(r.n), Type: unix.NFT_NG_RANDOM, Offset: uint32(SlotBase(r.n))},
 			&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: r.set, SetID: ids[r.set]},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegAddrMax: reg1,
 				RegProtoMin: protoReg, RegProtoMax: protoReg, Specified: true})
@@ -822,6 +830,17 @@ func (k *Kernel) observe(want *Ruleset) (*observed, error) {
 			return nil, fmt.Errorf("list rules of chain %s: %w", c.Name, err)
 		}
 		o.chains[c.Name] = chainOK
+		if c.Name == chainLB {
+			// Any set of counts will do, in l4lb's order: the plan
+			// compares them with those in use.
+			counts, ok := k.lbCounts(rules)
+			o.lb = counts
+			w = lbChainDecl(counts)
+			if !ok {
+				o.chains[c.Name] = chainWrongRules
+				continue
+			}
+		}
 		if !k.sameRules(rules, w, ids) {
 			o.chains[c.Name] = chainWrongRules
 		}
@@ -870,6 +889,30 @@ func (k *Kernel) sameRules(got []*nftables.Rule, want chainDecl, ids map[string]
 	return true
 }
 
+// lbCounts reads the backend counts of chain lb's DNAT rules, as l4lb
+// writes them: the IPv4 rules with ascending counts, the IPv6 rules with
+// the same, and goto refuse. Whether the rules are exactly l4lb's is for
+// the caller to check against lbChainDecl(counts).
+func (k *Kernel) lbCounts(rules []*nftables.Rule) ([]int, bool) {
+	if len(rules)%2 != 1 {
+		return nil, false
+	}
+	counts := make([]int, 0, len(rules)/2)
+	for _, r := range rules[:len(rules)/2] {
+		n := 0
+		for _, e := range r.Exprs {
+			if ng, ok := e.(*expr.Numgen); ok {
+				n = int(ng.Modulus)
+			}
+		}
+		if n < 1 || n > MaxBackends || (len(counts) > 0 && n <= counts[len(counts)-1]) {
+			return nil, false
+		}
+		counts = append(counts, n)
+	}
+	return counts, true
+}
+
 // encodeExprs marshals expressions for comparison; set ids, which the
 // kernel does not report, are left out.
 func encodeExprs(es []expr.Any) ([]byte, error) {
@@ -897,7 +940,7 @@ func (rd *reader) addElems(d setDecl, elems []nftables.SetElement) error {
 			if err != nil {
 				return err
 			}
-			rd.vals[key] = vipVal{comment: e.Comment, n: verdictCount(gotoChain(e.Val))}
+			rd.elems[key] = e.Comment
 		case kindBackends:
 			key, slot, err := decodeBEKey(e.Key, d.v6)
 			if err != nil {
@@ -923,29 +966,6 @@ func (rd *reader) addElems(d setDecl, elems []nftables.SetElement) error {
 		}
 	}
 	return nil
-}
-
-// gotoChain decodes the verdict of a verdict map element (google/nftables
-// returns it as the raw NFTA_DATA_VERDICT attributes): the chain of a goto,
-// or a marker that never equals a chain name for any other verdict.
-func gotoChain(b []byte) string {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return "(undecodable verdict)"
-	}
-	code, chain := int32(0), ""
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_VERDICT_CODE:
-			code = int32(beUint32(ad.Bytes()))
-		case unix.NFTA_VERDICT_CHAIN:
-			chain = ad.String()
-		}
-	}
-	if ad.Err() != nil || code != unix.NFT_GOTO {
-		return fmt.Sprintf("(verdict %d)", code)
-	}
-	return chain
 }
 
 // rawSet is a set's definition as the kernel reports it.
@@ -1153,13 +1173,13 @@ func beUint32(b []byte) uint32 {
 // ---- reading for an operator (l4lb explain) ----
 
 // Snapshot reads l4lb's table as the kernel holds it: VIP elements with
-// their comments and chains, backend slots, refused addresses and the text
+// their comments, backend slots, refused addresses and the text
 // of every rule (l4lb's rules by their expressions; anything else by its
 // handle). It changes nothing.
 func (k *Kernel) Snapshot() (*Snapshot, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key][]netip.AddrPort{},
+	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key]map[int]netip.AddrPort{},
 		Chains: map[string][]SnapRule{}, Hooks: map[string]string{}}
 	tables, err := k.reader.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -1203,6 +1223,10 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 	}
 	for _, name := range names {
 		known, _ := knownRules(name, s.Pools)
+		if name == chainLB {
+			counts, _ := k.lbCounts(rulesOf[name])
+			known = lbChainDecl(counts).rules
+		}
 		for _, r := range rulesOf[name] {
 			s.Chains[name] = append(s.Chains[name], SnapRule{Handle: r.Handle, Text: k.ruleText(r, known)})
 		}
@@ -1227,7 +1251,7 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 				if err != nil {
 					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
 				}
-				s.VIPs[key] = SnapVIP{Map: d.name, Comment: e.Comment, Chain: gotoChain(e.Val)}
+				s.VIPs[key] = SnapVIP{Set: d.name, Comment: e.Comment}
 			case kindBackends:
 				key, slot, err := decodeBEKey(e.Key, d.v6)
 				if err != nil {
@@ -1237,15 +1261,10 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 				if err != nil {
 					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
 				}
-				if slot < 0 || slot > 1<<16 {
-					continue
+				if s.Slots[key] == nil {
+					s.Slots[key] = map[int]netip.AddrPort{}
 				}
-				sl := s.Slots[key]
-				for len(sl) <= slot {
-					sl = append(sl, netip.AddrPort{})
-				}
-				sl[slot] = be
-				s.Slots[key] = sl
+				s.Slots[key][slot] = be
 			case kindAddrs:
 				if a, ok := addrFrom(e.Key); ok {
 					s.IPVIPs = append(s.IPVIPs, a)
