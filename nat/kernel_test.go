@@ -13,7 +13,7 @@ import (
 )
 
 // kernelFor returns a Kernel programming the namespace ns.
-func kernelFor(t *testing.T, ns *netns.NS, opts ...Option) *Kernel {
+func kernelFor(t testing.TB, ns *netns.NS, opts ...Option) *Kernel {
 	t.Helper()
 	f, err := ns.Open()
 	if err != nil {
