@@ -108,7 +108,12 @@ func New(table string, opts ...Option) (*Kernel, error) {
 		return nil, err
 	}
 	k.reader, err = nftables.New(nftables.WithNetNSFd(k.netnsFd), nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error { return forceBuffers(c, 0, socketBuffer) }))
+		nftables.WithSockOptions(func(c *netlink.Conn) error {
+			if err := forceBuffers(c, 0, socketBuffer); err != nil {
+				return err
+			}
+			return primeDumps(c)
+		}))
 	if err != nil {
 		k.tr.close()
 		return nil, fmt.Errorf("open nftables reader: %w", err)
@@ -513,6 +518,28 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 			b.op(fmt.Sprintf("add rule %d of chain %s", i+1, c.name), 256)
 		}
 	}
+	// New counts' rules go before the first rule of a larger count (the
+	// IPv6 rules and goto refuse come after every IPv4 rule), in ascending
+	// order, so that chain lb stays as the text lists it.
+	lbCh := &nftables.Chain{Name: chainLB, Table: t}
+	var lb lbHandles
+	if len(p.lbAdd)+len(p.lbDel) > 0 {
+		if lb, err = k.lbHandles(); err != nil {
+			return nil, err
+		}
+		for _, n := range p.lbDel {
+			if lb.v4[n] == 0 || lb.v6[n] == 0 {
+				return nil, fmt.Errorf("chain %s has no rule for %d backends to delete", chainLB, n)
+			}
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		for _, n := range p.lbAdd {
+			rl := dnatRule(v6, n, pick4(v6, mapBackends4, mapBackends6))
+			enc.c.InsertRule(&nftables.Rule{Table: t, Chain: lbCh, Position: lb.before(v6, n), Exprs: k.ruleExprs(rl, b.ids)})
+			b.op(fmt.Sprintf("insert rule %q into chain %s", rl.text, chainLB), 256)
+		}
+	}
 	for _, a := range p.hairpinAdd {
 		b.elem(false, pick(a, setHairpin4, setHairpin6), nftables.SetElement{Key: pairBytes(a)})
 	}
@@ -554,13 +581,12 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 	if err := b.cut(); err != nil {
 		return nil, err
 	}
-	if c := p.trimLB; c != nil {
-		ch := k.nftChain(*c)
-		enc.c.FlushChain(ch)
-		b.op("flush chain "+c.name, 64)
-		for i, rl := range c.rules {
-			enc.c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: k.ruleExprs(rl, b.ids)})
-			b.op(fmt.Sprintf("add rule %d of chain %s", i+1, c.name), 256)
+	for _, n := range p.lbDel {
+		for _, h := range []uint64{lb.v4[n], lb.v6[n]} {
+			if err := enc.c.DelRule(&nftables.Rule{Table: t, Chain: lbCh, Handle: h}); err != nil {
+				return nil, fmt.Errorf("encode delete of rule %d of chain %s: %w", h, chainLB, err)
+			}
+			b.op(fmt.Sprintf("delete rule for %d backends (handle %d) of chain %s", n, h, chainLB), 64)
 		}
 	}
 	for _, name := range p.dropChains {
@@ -574,6 +600,64 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		return nil, err
 	}
 	return b.batches, nil
+}
+
+// lbHandles are the handles of chain lb's rules in the kernel.
+type lbHandles struct {
+	v4, v6 map[int]uint64 // by count
+	refuse uint64         // goto refuse, the last rule
+}
+
+// before is the handle of the rule a new rule for n backends goes before:
+// the first rule of its family for a larger count, else the first IPv6
+// rule (for an IPv4 rule), else goto refuse.
+func (h lbHandles) before(v6 bool, n int) uint64 {
+	pos, best := h.refuse, 0
+	if !v6 {
+		for m, hd := range h.v6 {
+			if best == 0 || m < best {
+				pos, best = hd, m
+			}
+		}
+	}
+	fam := h.v4
+	if v6 {
+		fam = h.v6
+	}
+	best = 0
+	for m, hd := range fam {
+		if m > n && (best == 0 || m < best) {
+			pos, best = hd, m
+		}
+	}
+	return pos
+}
+
+// lbHandles reads the handles of chain lb's rules, which must be l4lb's.
+func (k *Kernel) lbHandles() (lbHandles, error) {
+	h := lbHandles{v4: map[int]uint64{}, v6: map[int]uint64{}}
+	t := &nftables.Table{Name: k.table, Family: nftables.TableFamilyINet}
+	rules, err := k.reader.GetRules(t, &nftables.Chain{Name: chainLB, Table: t})
+	if err != nil {
+		return h, fmt.Errorf("list rules of chain %s: %w", chainLB, err)
+	}
+	counts, ok := k.lbCounts(rules)
+	want := lbChainDecl(counts)
+	if !ok || !k.sameRules(rules, want, nil) {
+		return h, fmt.Errorf("chain %s holds rules l4lb did not write: read the table back", chainLB)
+	}
+	for i, n := range counts {
+		h.v4[n], h.v6[n] = rules[i].Handle, rules[len(counts)+i].Handle
+	}
+	h.refuse = rules[len(rules)-1].Handle
+	return h, nil
+}
+
+func pick4(v6 bool, v4name, v6name string) string {
+	if v6 {
+		return v6name
+	}
+	return v4name
 }
 
 func unitSize(u unit) int { return 160 + 96*(len(u.delSlots)+len(u.addSlots)) }
@@ -1051,6 +1135,39 @@ func forceBuffers(c *netlink.Conn, snd, rcv int) error {
 		}
 	})
 	return errors.Join(err, serr)
+}
+
+// primeDumps makes the kernel fill the dump messages it sends on the socket
+// up to 32 KiB. It sizes them by the largest buffer a receive on the socket
+// has offered, and mdlayher/netlink offers a page unless a message fills
+// it. That matters for the backend map: each dump message costs the kernel
+// a walk of the hash set from its start (it skips what earlier messages
+// held), so with messages of a page a read-back of 500,000 backend elements
+// took 75 s of kernel time, with 32 KiB a few seconds. One receive of 32
+// KiB, of the answer to a harmless request (the ruleset's generation), is
+// enough: the kernel remembers the size for the socket.
+func primeDumps(c *netlink.Conn) error {
+	req := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	if _, err := c.Send(req); err != nil {
+		return fmt.Errorf("netlink reader: ask the ruleset generation: %w", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink reader: %w", err)
+	}
+	buf := make([]byte, 32<<10)
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, _, _, rerr = unix.Recvmsg(int(fd), buf, nil, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	})
+	if err := errors.Join(err, rerr); err != nil {
+		return fmt.Errorf("netlink reader: read the ruleset generation: %w", err)
+	}
+	return nil
 }
 
 // send sends one batch and waits for the acknowledgement of every message.

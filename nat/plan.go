@@ -145,7 +145,8 @@ type plan struct {
 	newSets    []setDecl   // sets to create
 	newChains  []chainDecl // chains to create, with their rules
 	fixChains  []chainDecl // chains to flush and refill
-	trimLB     *chainDecl  // chain lb refilled last, without the counts no longer used
+	lbAdd      []int       // counts whose rules are inserted into chain lb (ascending), first
+	lbDel      []int       // counts whose rules are deleted from chain lb, last
 	units      []unit      // per-VIP element changes, each applied atomically
 	ipvipsAdd  []netip.Addr
 	ipvipsDel  []netip.Addr
@@ -175,20 +176,25 @@ type slotVal struct {
 
 // empty reports whether the plan changes nothing.
 func (p *plan) empty() bool {
-	return !p.rebuild && len(p.newSets) == 0 && len(p.newChains) == 0 && len(p.fixChains) == 0 && p.trimLB == nil &&
+	return !p.rebuild && len(p.newSets) == 0 && len(p.newChains) == 0 && len(p.fixChains) == 0 && len(p.lbAdd) == 0 && len(p.lbDel) == 0 &&
 		len(p.units) == 0 && len(p.ipvipsAdd) == 0 && len(p.ipvipsDel) == 0 && len(p.hairpinAdd) == 0 &&
 		len(p.hairpinDel) == 0 && len(p.strays) == 0 && len(p.dropChains) == 0
 }
 
-// chainChanges counts the chains the plan creates, refills or deletes, and
-// of those the ones that only drop what earlier changes left unused (the
-// trim of chain lb) and chains l4lb does not know.
+// chainChanges counts the chains the plan creates, changes or deletes,
+// and of those the ones that only drop what earlier changes left unused
+// (rules of chain lb for counts no longer used, chains l4lb does not know).
 func (p *plan) chainChanges() (chains, dropped int) {
 	dropped = len(p.dropChains)
-	if p.trimLB != nil {
+	lb := 0
+	switch {
+	case len(p.lbAdd) > 0:
+		lb = 1
+	case len(p.lbDel) > 0:
+		lb = 1
 		dropped++
 	}
-	return len(p.newChains) + len(p.fixChains) + dropped, dropped
+	return len(p.newChains) + len(p.fixChains) + len(p.dropChains) + lb, dropped
 }
 
 // elements counts the element changes of the plan.
@@ -255,9 +261,10 @@ func makePlan(o *observed, want *Ruleset) *plan {
 // the table. It returns what the VIP elements are to be compared with:
 // nothing when rebuilding.
 //
-// Chain lb keeps the rules of counts no longer in use until a full plan
-// (delta false), which drops them last, once no VIP uses them; a delta
-// refills it only when a count it lacks comes into use.
+// Chain lb gains the rule of a count when the count comes into use, in the
+// transaction of the VIPs' slots; the rules of counts no longer in use
+// stay until a full plan (delta false), which deletes them last, once no
+// VIP uses them.
 func (p *plan) structure(o *observed, want *Ruleset, delta bool) *observed {
 	for _, d := range want.setDecls() {
 		if ok, present := o.sets[d.name]; present && !ok {
@@ -287,17 +294,16 @@ func (p *plan) structure(o *observed, want *Ruleset, delta bool) *observed {
 		case chainWrongRules:
 			p.fixChains = append(p.fixChains, c)
 		case chainOK:
-			if c.name != chainLB || slices.Equal(o.lb, c.counts) {
+			if c.name != chainLB {
 				break
 			}
-			all := unionCounts(o.lb, c.counts)
-			if len(all) > len(o.lb) {
-				// Counts it lacks: first, with those it has, so that the
-				// VIPs not yet changed keep their rules.
-				p.fixChains = append(p.fixChains, lbChainDecl(all))
-			}
-			if !delta && len(all) > len(c.counts) {
-				p.trimLB = &c
+			// Only the rules of counts that change: a rule added walks
+			// every element of the backend map it looks up (the kernel
+			// checks each against the rule's register), so the rules of
+			// the counts kept are never rewritten.
+			p.lbAdd = subtractCounts(c.counts, o.lb)
+			if !delta {
+				p.lbDel = subtractCounts(o.lb, c.counts)
 			}
 		}
 	}
@@ -329,6 +335,17 @@ func unionCounts(a, b []int) []int {
 			out = append(out, a[i])
 			i++
 			j++
+		}
+	}
+	return out
+}
+
+// subtractCounts lists the counts of a (ascending) that b lacks.
+func subtractCounts(a, b []int) []int {
+	var out []int
+	for _, n := range a {
+		if _, found := slices.BinarySearch(b, n); !found {
+			out = append(out, n)
 		}
 	}
 	return out
@@ -506,8 +523,8 @@ func (o *observed) apply(p *plan, want *Ruleset) *observed {
 			o.lb = c.counts
 		}
 	}
-	if p.trimLB != nil {
-		o.lb = p.trimLB.counts
+	if len(p.lbAdd)+len(p.lbDel) > 0 {
+		o.lb = subtractCounts(unionCounts(o.lb, p.lbAdd), p.lbDel)
 	}
 	for _, name := range p.dropChains {
 		delete(o.chains, name)

@@ -95,10 +95,14 @@ func TestPlanElementChanges(t *testing.T) {
 			if p.rebuild || len(p.newSets) > 0 || len(p.newChains) > 0 || len(p.dropChains) > 0 {
 				t.Errorf("structural changes for an element change: %+v", p)
 			}
-			// Only chain lb changes, and only when the counts in use do.
-			for _, c := range p.fixChains {
-				if c.name != chainLB || slices.Equal(c.counts, base.LBCounts()) {
-					t.Errorf("chain %s refilled with counts %v", c.name, c.counts)
+			// Only chain lb changes, and only the rules of counts that
+			// come into use or go out of it.
+			if len(p.fixChains) > 0 {
+				t.Errorf("chains refilled: %v", p.fixChains)
+			}
+			for _, n := range append(slices.Clone(p.lbAdd), p.lbDel...) {
+				if slices.Contains(tc.want.LBCounts(), n) == slices.Contains(base.LBCounts(), n) {
+					t.Errorf("rule for %d added or deleted: add %v del %v", n, p.lbAdd, p.lbDel)
 				}
 			}
 			// After the plan, the observed state is the wanted one: planning
@@ -115,12 +119,14 @@ func TestPlanChains(t *testing.T) {
 	base := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"))
 	three := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"))
 	// Going from two backends to three: chain lb gains the rule for 3
-	// first (with that for 2, which the VIP uses until its slots move),
-	// and a full plan drops the rule for 2 last.
+	// first (the rule for 2 stays: the VIP uses it until its slots move),
+	// and a full plan deletes the rule for 2 last.
 	p := makePlan(programmed(base), three)
-	if len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2, 3}) || p.trimLB == nil ||
-		!slices.Equal(p.trimLB.counts, []int{3}) || len(p.newChains)+len(p.dropChains) != 0 {
-		t.Errorf("full plan 2->3: fix %v trim %v new %v drop %v", p.fixChains, p.trimLB, p.newChains, p.dropChains)
+	if !slices.Equal(p.lbAdd, []int{3}) || !slices.Equal(p.lbDel, []int{2}) || len(p.fixChains)+len(p.newChains)+len(p.dropChains) != 0 {
+		t.Errorf("full plan 2->3: add %v del %v fix %v new %v drop %v", p.lbAdd, p.lbDel, p.fixChains, p.newChains, p.dropChains)
+	}
+	if c, d := p.chainChanges(); c != 1 || d != 0 {
+		t.Errorf("full plan 2->3: %d chain changes, %d dropped", c, d)
 	}
 	after := programmed(base).apply(p, three)
 	if !slices.Equal(after.lb, []int{3}) {
@@ -130,18 +136,19 @@ func TestPlanChains(t *testing.T) {
 	o := programmed(base)
 	p = &plan{}
 	p.structure(o, three, true)
-	if len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2, 3}) || p.trimLB != nil {
-		t.Errorf("delta plan 2->3: fix %v trim %v", p.fixChains, p.trimLB)
+	if !slices.Equal(p.lbAdd, []int{3}) || len(p.lbDel) != 0 {
+		t.Errorf("delta plan 2->3: add %v del %v", p.lbAdd, p.lbDel)
 	}
 	o = o.apply(p, three)
 	p = &plan{}
 	p.structure(o, base, true)
-	if len(p.fixChains)+len(p.newChains) != 0 || p.trimLB != nil {
-		t.Errorf("delta plan 3->2 with both rules: fix %v trim %v", p.fixChains, p.trimLB)
+	if len(p.fixChains)+len(p.newChains)+len(p.lbAdd)+len(p.lbDel) != 0 {
+		t.Errorf("delta plan 3->2 with both rules: add %v del %v fix %v", p.lbAdd, p.lbDel, p.fixChains)
 	}
-	// The next full plan drops the unused rule, last and alone.
-	if p = makePlan(o, base); len(p.fixChains) != 0 || p.trimLB == nil || !slices.Equal(p.trimLB.counts, []int{2}) {
-		t.Errorf("full plan with an unused count: fix %v trim %v", p.fixChains, p.trimLB)
+	// The next full plan drops the unused rule: not drift.
+	p = makePlan(o, base)
+	if c, d := p.chainChanges(); len(p.lbAdd) != 0 || !slices.Equal(p.lbDel, []int{3}) || c != 1 || d != 1 {
+		t.Errorf("full plan with an unused count: add %v del %v, %d chain changes, %d dropped", p.lbAdd, p.lbDel, c, d)
 	}
 	// A chain with other rules is refilled, a missing one recreated, one of
 	// the wrong kind forces a rebuild, one l4lb does not know is dropped.
@@ -156,8 +163,8 @@ func TestPlanChains(t *testing.T) {
 	}
 	o = programmed(base)
 	o.chains[chainLB] = chainWrongRules
-	if p = makePlan(o, base); len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2}) || p.trimLB != nil {
-		t.Errorf("lb with other rules: fix %v trim %v", p.fixChains, p.trimLB)
+	if p = makePlan(o, base); len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2}) || len(p.lbAdd)+len(p.lbDel) != 0 {
+		t.Errorf("lb with other rules: fix %v add %v del %v", p.fixChains, p.lbAdd, p.lbDel)
 	}
 	o = programmed(base)
 	o.chains[chainLB] = chainWrongHook
