@@ -154,7 +154,7 @@ func TestTrafficManyCounts(t *testing.T) {
 	// batch; the rule for 3 stays (the IPv6 VIP uses it).
 	res = set(3, eps4[3:7])
 	if res.Chains != 1 || res.Batches != 1 {
-		t.Errorf("2 -> 4 backends: %+v, want one batch refilling chain lb", res)
+		t.Errorf("2 -> 4 backends: %+v, want one batch adding its rules to chain lb", res)
 	}
 	wantLB("2 -> 4", 1, 2, 3, 4, 10)
 	check("2 -> 4")

@@ -44,8 +44,8 @@ type Result struct {
 	Rebuilt  bool // the table was (re)created
 	Batches  int  // netlink batches sent
 	Elements int  // set elements added or deleted
-	Chains   int  // chains created, refilled or deleted
-	Dropped  int  // of those, refills of chain lb that only drop the rules of counts no longer used (left by earlier changes, not drift)
+	Chains   int  // chains created, refilled, changed (rules of chain lb) or deleted
+	Dropped  int  // of those, deletions of what earlier changes left unused (chain lb's rules of counts no longer used, chains l4lb does not know): not drift
 	Routes   int  // routes added or deleted
 }
 
