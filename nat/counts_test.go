@@ -78,6 +78,19 @@ func TestTrafficManyCounts(t *testing.T) {
 		}
 		return res
 	}
+	// Every UDP ask leaves from a port of its own: a datagram from a port
+	// that an earlier ask used would follow that flow's conntrack entry
+	// (and its DNAT) instead of the ruleset; this test has no conntrack
+	// cleaner, the daemon's job.
+	udpPort := uint16(40000)
+	askUDP := func(from *netns.NS, to netip.AddrPort) (string, error) {
+		udpPort++
+		local := netip.AddrPortFrom(netip.IPv4Unspecified(), udpPort)
+		if to.Addr().Is6() {
+			local = netip.AddrPortFrom(netip.IPv6Unspecified(), udpPort)
+		}
+		return from.AskUDP(to, local, 3*time.Second)
+	}
 	// check asks every VIP from the agent (output) and the container
 	// (prerouting): it reaches every one of its backends and no other, or
 	// is refused at once when it has none.
@@ -94,7 +107,7 @@ func TestTrafficManyCounts(t *testing.T) {
 				if len(want) == 0 {
 					var err error
 					if udp {
-						_, err = from.AskUDP(to, netip.AddrPort{}, 3*time.Second)
+						_, err = askUDP(from, to)
 					} else {
 						_, err = from.AskTCP(to, 3*time.Second)
 					}
@@ -104,7 +117,18 @@ func TestTrafficManyCounts(t *testing.T) {
 					continue
 				}
 				// Missing one of 10 backends in 150 tries: 10 x 0.9^150 = 1e-6.
-				seen := spread(t, from, to, udp, 15*len(want))
+				seen := map[string]int{}
+				if udp {
+					for range 15 * len(want) {
+						name, err := askUDP(from, to)
+						if err != nil {
+							t.Fatalf("%s: %s/udp from %s: %v", step, to, from.Name, err)
+						}
+						seen[name]++
+					}
+				} else {
+					seen = spread(t, from, to, false, 15*len(want))
+				}
 				for name := range seen {
 					if !want[name] {
 						t.Errorf("%s: %s/%s from %s reached %s, not its backend: %v", step, to, v.Proto, from.Name, name, seen)
