@@ -116,7 +116,7 @@ func TestTrafficManyCounts(t *testing.T) {
 					}
 					continue
 				}
-				// Missing one of 10 backends in 150 tries: 10 x 0.9^150 = 1e-6.
+				// Missing one of N backends in 15N tries: N(1-1/N)^15N, at most 2e-6 here.
 				seen := map[string]int{}
 				if udp {
 					for range 15 * len(want) {
@@ -182,13 +182,19 @@ func TestTrafficManyCounts(t *testing.T) {
 	}
 	wantLB("2 -> 4", 1, 2, 3, 4, 10)
 	check("2 -> 4")
+	// 10 -> 11, a count larger than all: its IPv4 rule goes before the
+	// first IPv6 rule, its IPv6 rule before goto refuse.
+	if res := set(4, eps4[:11]); res.Chains != 1 {
+		t.Errorf("10 -> 11 backends: %+v", res)
+	}
+	wantLB("10 -> 11", 1, 2, 3, 4, 10, 11)
 	// The VIP of 1 backend goes to 10: its rule stays until a full apply.
 	set(0, eps4[2:12])
 	// Both VIPs of 2 backends go to zero: refused at once, the others serve.
 	set(1, nil)
 	set(2, nil)
 	check("to zero")
-	wantLB("to zero", 1, 2, 3, 4, 10)
+	wantLB("to zero", 1, 2, 3, 4, 10, 11)
 	// ... and back.
 	set(1, eps4[7:9])
 	set(2, eps4[7:9])
@@ -202,7 +208,7 @@ func TestTrafficManyCounts(t *testing.T) {
 	if res.Dropped != 1 || res.Chains != 1 || res.Elements != 0 || res.Drift() {
 		t.Errorf("full apply after the deltas: %+v, want only the unused rule dropped", res)
 	}
-	wantLB("after the full apply", 2, 3, 4, 10)
+	wantLB("after the full apply", 2, 3, 4, 10, 11)
 	check("after the full apply")
 	if res, err := k.Apply(ctx, c.Full(s), true); err != nil || res.Changed() {
 		t.Errorf("second full apply: %+v %v, want no change", res, err)
