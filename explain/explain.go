@@ -109,14 +109,20 @@ type Entry struct {
 	Apps     []string `json:"apps"`
 	Verdict  Verdict  `json:"verdict"`
 	Reason   string   `json:"reason,omitempty"`
-	// Element is the VIP's element in the verdict map; nil when the kernel
+	// Element is the VIP's element in the VIP set; nil when the kernel
 	// has none (the port is not a VIP port).
 	Element *Element `json:"element,omitempty"`
+	// Count is the number of backends the kernel's slots for the VIP are
+	// laid out for (the slots SlotBase(Count) .. SlotBase(Count)+Count-1
+	// of the backend map); 0 when it has none.
+	Count int `json:"count"`
 	// Refusal is the rule of the hooked chains that refuses the target
 	// when no element matches it.
 	Refusal string `json:"refusal,omitempty"`
-	// Chain is where a new connection ends: lbN (DNAT) or refuse; Rules
-	// are its rules as the kernel holds them.
+	// Chain is where a new connection ends: lb (DNAT) or refuse; Rules
+	// are the rules that decide, as the kernel holds them: chain lb's rule
+	// for the VIP's count (all of lb's rules when it lacks one), or
+	// refuse's.
 	Chain    string    `json:"chain,omitempty"`
 	Rules    []string  `json:"rules,omitempty"`
 	Backends []Backend `json:"backends"`
@@ -137,10 +143,9 @@ func (e Entry) Key() vip.Key {
 
 // Element is a VIP's element of vips4 or vips6.
 type Element struct {
-	Map     string `json:"map"`
-	Text    string `json:"text"` // key : verdict, as nft lists it
+	Set     string `json:"set"`
+	Text    string `json:"text"` // the key, as nft lists it
 	Comment string `json:"comment"`
-	Chain   string `json:"chain"`
 }
 
 // Backend is one backend of the VIP.
@@ -292,7 +297,20 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 	}
 	key := e.Key()
 	bmap := nat.BackendMap(key.Addr)
-	slots := k.Slots[key]
+	// The kernel's count for the VIP is the slot range its backends fill.
+	n, slots, strays := k.Count(key)
+	base := nat.SlotBase(n)
+	slotOf := func(ap netip.AddrPort) (int, bool) {
+		if i := slices.Index(slots, ap); i >= 0 {
+			return base + i, true
+		}
+		for _, s := range strays {
+			if k.Slots[key][s] == ap {
+				return s, true
+			}
+		}
+		return 0, false
+	}
 	states := map[string]int{}
 	active := 0
 	for _, b := range v.Backend {
@@ -301,19 +319,31 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 		if b.State == "active" {
 			active++
 		}
-		if i := slices.Index(slots, be.Addr()); i >= 0 {
-			be.Map, be.Slot = bmap, &i
+		if s, ok := slotOf(be.Addr()); ok {
+			be.Map, be.Slot = bmap, &s
 		} else if b.State == "active" && k.Exists {
 			e.Warnings = append(e.Warnings, fmt.Sprintf("active backend %s is in no slot of %s", be.Addr(), bmap))
 		}
 		e.Backends = append(e.Backends, be)
 	}
+	known := func(ap netip.AddrPort) bool {
+		return slices.ContainsFunc(e.Backends, func(b Backend) bool { return b.Addr() == ap })
+	}
 	for i, s := range slots {
-		if !s.IsValid() || slices.ContainsFunc(e.Backends, func(b Backend) bool { return b.Addr() == s }) {
+		if !s.IsValid() || known(s) {
 			continue
 		}
-		e.Backends = append(e.Backends, Backend{IP: s.Addr().String(), Port: s.Port(), State: "kernel only", Map: bmap, Slot: &i})
-		e.Warnings = append(e.Warnings, fmt.Sprintf("slot %d of %s holds %s, which the daemon does not list", i, bmap, s))
+		slot := base + i
+		e.Backends = append(e.Backends, Backend{IP: s.Addr().String(), Port: s.Port(), State: "kernel only", Map: bmap, Slot: &slot})
+		e.Warnings = append(e.Warnings, fmt.Sprintf("slot %d of %s holds %s, which the daemon does not list", slot, bmap, s))
+	}
+	for _, slot := range strays {
+		s := k.Slots[key][slot]
+		if !known(s) {
+			e.Backends = append(e.Backends, Backend{IP: s.Addr().String(), Port: s.Port(), State: "kernel only", Map: bmap, Slot: &slot})
+		}
+		e.Warnings = append(e.Warnings, fmt.Sprintf("slot %d of %s holds %s, outside the slots of %d backends (%s): no rule picks it",
+			slot, bmap, s, n, slotRange(n)))
 	}
 	for i := range e.Backends {
 		e.Backends[i].Conntrack = countFlows(flows, key, e.Backends[i].Addr())
@@ -322,7 +352,7 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 	el, text, ok := k.Element(key)
 	if !ok {
 		e.Refusal = k.Refuses(key.Addr)
-		e.Warnings = append(e.Warnings, fmt.Sprintf("the daemon lists this VIP but %s holds no element for %s", mapName(key), key))
+		e.Warnings = append(e.Warnings, fmt.Sprintf("the daemon lists this VIP but %s holds no element for %s", setName(key), key))
 		if e.Refusal == "" {
 			e.Verdict, e.Reason = Unknown, "the kernel does not know this VIP (is the daemon's table "+k.Table+" in this namespace?)"
 			return e
@@ -332,11 +362,12 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 		e.Verdict, e.Reason = Refused, "not programmed in the kernel yet: refused like any unknown port of the pool"
 		return e
 	}
-	e.Element = &Element{Map: el.Map, Text: text, Comment: el.Comment, Chain: el.Chain}
-	e.Chain = el.Chain
-	e.Rules = ruleTexts(k, e.Chain)
-	switch {
-	case el.Chain == nat.RefuseChain:
+	e.Element = &Element{Set: el.Set, Text: text, Comment: el.Comment}
+	e.Count = n
+	if n == 0 {
+		// Chain lb finds no slot for it and ends in goto refuse.
+		e.Chain = nat.RefuseChain
+		e.Rules = ruleTexts(k, e.Chain)
 		e.Verdict = Refused
 		e.Reason = "no active backend"
 		if len(v.Backend) == 0 {
@@ -345,25 +376,40 @@ func vipEntry(v api.VIP, k *nat.Snapshot, flows []conntrack.Flow) Entry {
 			e.Reason += ": " + stateCounts(states)
 		}
 		if active > 0 {
-			e.Warnings = append(e.Warnings, fmt.Sprintf("the daemon lists %d active backends but the element jumps to refuse", active))
+			e.Warnings = append(e.Warnings, fmt.Sprintf("the daemon lists %d active backends but %s has no slot for this VIP", active, bmap))
 		}
-	case strings.HasPrefix(el.Chain, "lb"):
-		e.Verdict = Served
-		n, _ := strconv.Atoi(strings.TrimPrefix(el.Chain, "lb"))
-		e.Reason = fmt.Sprintf("DNAT to one of %d active backends, picked at random", n)
-		if n == 1 {
-			e.Reason = "DNAT to its only active backend"
-		}
-		if n != active {
-			e.Warnings = append(e.Warnings, fmt.Sprintf("the element jumps to %s but the daemon lists %d active backends", el.Chain, active))
-		}
-		if len(slots) < n {
-			e.Warnings = append(e.Warnings, fmt.Sprintf("%s picks among %d slots but %s has %d for this VIP", el.Chain, n, bmap, len(slots)))
-		}
-	default:
-		e.Verdict, e.Reason = Unknown, fmt.Sprintf("the element's verdict is %s, which l4lb never writes", el.Chain)
+		return e
+	}
+	e.Chain = nat.LBChain
+	rule, ok := k.LBRule(key.Addr, n)
+	if !ok {
+		e.Rules = ruleTexts(k, e.Chain)
+		e.Verdict = Refused
+		e.Reason = fmt.Sprintf("chain lb has no rule for %d backends: new connections fall through to refuse", n)
+		e.Warnings = append(e.Warnings, fmt.Sprintf("%s holds slots %s for %d backends, but chain lb lacks: %s", bmap, slotRange(n), n, nat.DNATRuleText(key.Addr, n)))
+		return e
+	}
+	e.Rules = []string{rule.Text}
+	e.Verdict = Served
+	e.Reason = fmt.Sprintf("DNAT to one of %d active backends, picked at random", n)
+	if n == 1 {
+		e.Reason = "DNAT to its only active backend"
+	}
+	if n != active {
+		e.Warnings = append(e.Warnings, fmt.Sprintf("%s holds the slots of %d backends but the daemon lists %d active backends", bmap, n, active))
+	}
+	if holes := n - len(slices.DeleteFunc(slices.Clone(slots), func(a netip.AddrPort) bool { return !a.IsValid() })); holes > 0 {
+		e.Warnings = append(e.Warnings, fmt.Sprintf("the rule for %d picks among slots %s but %d of them are empty in %s: those picks are refused", n, slotRange(n), holes, bmap))
 	}
 	return e
+}
+
+// slotRange is "1..2": the slots of a VIP with n backends.
+func slotRange(n int) string {
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d..%d", nat.SlotBase(n), nat.SlotBase(n)+n-1)
 }
 
 // notAPort explains a port that is not a VIP port: of the name's
@@ -426,7 +472,7 @@ func notAPort(t Target, matched []api.VIP, k *nat.Snapshot) []Entry {
 	return out
 }
 
-func mapName(k vip.Key) string {
+func setName(k vip.Key) string {
 	if k.Addr.Is6() {
 		return "vips6"
 	}

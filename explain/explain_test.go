@@ -6,6 +6,7 @@ import (
 	"flag"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,26 +96,34 @@ func key(a netip.Addr, p vip.Proto, port uint16) vip.Key {
 
 // kernel is what l4lb's table would hold for daemon().
 func kernel() *nat.Snapshot {
-	dnat4 := "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @be4"
+	dnat := func(a netip.Addr, n int) string { return nat.DNATRuleText(a, n) }
+	slots := func(n int, bes ...netip.AddrPort) map[int]netip.AddrPort {
+		m := map[int]netip.AddrPort{}
+		for i, be := range bes {
+			m[nat.SlotBase(n)+i] = be
+		}
+		return m
+	}
 	return &nat.Snapshot{
 		Table: "l4lb", Exists: true,
 		Pools:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16"), netip.MustParsePrefix("fd00:198:18::/64")},
 		IPVIPs: []netip.Addr{ipVIP},
 		VIPs: map[vip.Key]nat.SnapVIP{
-			key(webIP, vip.TCP, 80):                             {Map: "vips4", Comment: "web.marathon.l4lb.thisdcos.directory:80/tcp /web", Chain: "lb2"},
-			key(webIP6, vip.TCP, 80):                            {Map: "vips6", Comment: "web.marathon.l4lb.thisdcos.directory:80/tcp /web", Chain: "lb1"},
-			key(netip.MustParseAddr("198.18.0.6"), vip.TCP, 81): {Map: "vips4", Comment: "drain.marathon.l4lb.thisdcos.directory:81/tcp /drain", Chain: "refuse"},
-			key(netip.MustParseAddr("198.18.0.7"), vip.UDP, 82): {Map: "vips4", Comment: "empty.marathon.l4lb.thisdcos.directory:82/udp /empty", Chain: "refuse"},
-			key(ipVIP, vip.TCP, 83):                             {Map: "vips4", Comment: "198.18.255.7:83/tcp /ipvip", Chain: "lb2"},
+			key(webIP, vip.TCP, 80):                             {Set: "vips4", Comment: "web.marathon.l4lb.thisdcos.directory:80/tcp /web"},
+			key(webIP6, vip.TCP, 80):                            {Set: "vips6", Comment: "web.marathon.l4lb.thisdcos.directory:80/tcp /web"},
+			key(netip.MustParseAddr("198.18.0.6"), vip.TCP, 81): {Set: "vips4", Comment: "drain.marathon.l4lb.thisdcos.directory:81/tcp /drain"},
+			key(netip.MustParseAddr("198.18.0.7"), vip.UDP, 82): {Set: "vips4", Comment: "empty.marathon.l4lb.thisdcos.directory:82/udp /empty"},
+			key(ipVIP, vip.TCP, 83):                             {Set: "vips4", Comment: "198.18.255.7:83/tcp /ipvip"},
 		},
-		Slots: map[vip.Key][]netip.AddrPort{
-			key(webIP, vip.TCP, 80):  {be1, be2},
-			key(webIP6, vip.TCP, 80): {be6},
-			key(ipVIP, vip.TCP, 83):  {be2, be3}, // the daemon knows only be2: drift
+		Slots: map[vip.Key]map[int]netip.AddrPort{
+			key(webIP, vip.TCP, 80):  slots(2, be1, be2),
+			key(webIP6, vip.TCP, 80): slots(1, be6),
+			key(ipVIP, vip.TCP, 83):  slots(2, be2, be3), // the daemon knows only be2: drift
 		},
 		Chains: map[string][]nat.SnapRule{
-			"lb1":    {{Handle: 7, Text: "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 1 map @be4"}},
-			"lb2":    {{Handle: 8, Text: dnat4}, {Handle: 9, Text: "goto refuse"}},
+			"nat-output": {{Handle: 5, Text: "ip daddr . meta l4proto . th dport @vips4 goto lb"}},
+			"lb": {{Handle: 6, Text: dnat(webIP, 1)}, {Handle: 7, Text: dnat(webIP, 2)},
+				{Handle: 8, Text: dnat(webIP6, 1)}, {Handle: 9, Text: dnat(webIP6, 2)}, {Handle: 10, Text: "goto refuse"}},
 			"refuse": {{Handle: 3, Text: "meta l4proto tcp reject with tcp reset"}, {Handle: 4, Text: "reject"}},
 		},
 		Hooks: map[string]string{"nat-output": "output", "nat-postrouting": "postrouting"},
@@ -199,14 +208,15 @@ func TestDecideRefusedIPVIP(t *testing.T) {
 func TestDecideDetails(t *testing.T) {
 	r := decide(t, "198.18.0.5:80", "tcp")
 	e := r.Entries[0]
-	if e.Element == nil || e.Element.Text != "198.18.0.5 . tcp . 80 : goto lb2" || e.Chain != "lb2" || len(e.Rules) != 2 {
+	if e.Element == nil || e.Element.Text != "198.18.0.5 . tcp . 80" || e.Element.Set != "vips4" || e.Chain != "lb" || e.Count != 2 ||
+		len(e.Rules) != 1 || e.Rules[0] != "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @be4" {
 		t.Fatalf("entry %+v", e)
 	}
 	want := []struct {
 		slot      int // -1: none
 		state     string
 		conntrack int
-	}{{0, "active", 2}, {1, "active", 0}, {-1, "draining", 1}}
+	}{{1, "active", 2}, {2, "active", 0}, {-1, "draining", 1}}
 	for i, w := range want {
 		b := e.Backends[i]
 		if (w.slot < 0) != (b.Slot == nil) || (b.Slot != nil && (*b.Slot != w.slot || b.Map != "be4")) ||
@@ -225,10 +235,35 @@ func TestDecideDetails(t *testing.T) {
 		t.Errorf("drift: backends %+v warnings %q", e.Backends, e.Warnings)
 	}
 
-	// The daemon lists a VIP the kernel lacks.
+	// Chain lb lacks the rule for the VIP's count: refused, and said why.
 	k := kernel()
-	delete(k.VIPs, key(webIP, vip.TCP, 80))
+	k.Chains["lb"] = slices.DeleteFunc(k.Chains["lb"], func(r nat.SnapRule) bool { return r.Handle == 7 })
 	tg, _ := ParseTarget("198.18.0.5:80", "tcp")
+	r = Decide(Inputs{Target: tg, VIPs: daemon(), Kernel: k})
+	if e := r.Entries[0]; r.Verdict != Refused || e.Reason != "chain lb has no rule for 2 backends: new connections fall through to refuse" ||
+		len(e.Rules) != 4 || len(e.Warnings) != 1 {
+		t.Errorf("lb rule missing: %+v", r)
+	}
+	// A slot outside the VIP's range (left by a change that failed
+	// halfway): shown, and warned about.
+	k = kernel()
+	k.Slots[key(webIP, vip.TCP, 80)] = map[int]netip.AddrPort{1: be1, 2: be2, 3: be3}
+	r = Decide(Inputs{Target: tg, VIPs: daemon(), Kernel: k})
+	if e := r.Entries[0]; r.Verdict != Served || e.Count != 2 || len(e.Warnings) != 1 || !strings.Contains(e.Warnings[0], "slot 3 of be4 holds 198.19.0.13:8080, outside the slots of 2 backends (1..2)") ||
+		e.Backends[2].Slot == nil || *e.Backends[2].Slot != 3 {
+		t.Errorf("stray slot: %+v", r)
+	}
+	// A hole in the VIP's range.
+	k.Slots[key(webIP, vip.TCP, 80)] = map[int]netip.AddrPort{1: be1}
+	r = Decide(Inputs{Target: tg, VIPs: daemon(), Kernel: k})
+	if e := r.Entries[0]; r.Verdict != Served || e.Count != 2 || len(e.Warnings) != 2 ||
+		e.Warnings[1] != "the rule for 2 picks among slots 1..2 but 1 of them are empty in be4: those picks are refused" {
+		t.Errorf("hole: %+v", r)
+	}
+
+	// The daemon lists a VIP the kernel lacks.
+	k = kernel()
+	delete(k.VIPs, key(webIP, vip.TCP, 80))
 	r = Decide(Inputs{Target: tg, VIPs: daemon(), Kernel: k})
 	if r.Verdict != Refused || len(r.Entries[0].Warnings) == 0 || r.Entries[0].Refusal != "ip daddr 198.18.0.0/16 goto refuse" {
 		t.Errorf("VIP missing from the kernel: %+v", r)
@@ -250,14 +285,15 @@ func TestFormatGolden(t *testing.T) {
 		{ID: 1, Type: "rule", Table: "l4lb", Chain: "explain-trace-1-1", Handle: 20, Verdict: "continue", Packet: "tcp 198.19.0.1:40000 -> 198.18.0.5:80",
 			dst: netip.MustParseAddrPort("198.18.0.5:80")},
 		{ID: 1, Type: "policy", Table: "l4lb", Chain: "explain-trace-1-1", Verdict: "accept"},
-		{ID: 1, Type: "rule", Table: "l4lb", Chain: "nat-output", Handle: 5, Verdict: "goto lb2", Rule: "ip daddr . meta l4proto . th dport vmap @vips4"},
-		{ID: 1, Type: "rule", Table: "l4lb", Chain: "lb2", Handle: 8, Verdict: "accept"},
+		{ID: 1, Type: "rule", Table: "l4lb", Chain: "nat-output", Handle: 5, Verdict: "goto lb"},
+		{ID: 1, Type: "rule", Table: "l4lb", Chain: "lb", Handle: 7, Verdict: "accept"},
 		{ID: 1, Type: "policy", Table: "l4lb", Chain: "nat-postrouting", Verdict: "accept", Packet: "tcp 198.19.0.1:40000 -> 198.19.0.12:8080",
 			dst: netip.MustParseAddrPort("198.19.0.12:8080")},
 	}
 	tr.Annotate(kernel(), "l4lb", netip.MustParseAddrPort("198.18.0.5:80"))
 	if tr.DNAT != "198.19.0.12:8080" || tr.Events[3].Hook != "output" || tr.Events[4].Hook != "postrouting" ||
-		!strings.HasPrefix(tr.Events[3].Rule, "dnat ip to") || tr.Events[0].Rule != tr.probeRule {
+		tr.Events[2].Rule != "ip daddr . meta l4proto . th dport @vips4 goto lb" ||
+		tr.Events[3].Rule != "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @be4" || tr.Events[0].Rule != tr.probeRule {
 		t.Errorf("annotated trace %+v", tr)
 	}
 	served.Entries[0].Trace = tr

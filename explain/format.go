@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/l4lb/l4lb/nat"
 )
 
 // Write prints the report for an operator.
@@ -36,12 +38,26 @@ func (e Entry) write(b *strings.Builder) {
 		fmt.Fprintf(b, "  declared by: %s\n", strings.Join(e.Apps, ", "))
 	}
 	if e.Element != nil {
-		fmt.Fprintf(b, "  element:     map %s { %s }\n", e.Element.Map, e.Element.Text)
+		fmt.Fprintf(b, "  element:     set %s { %s }\n", e.Element.Set, e.Element.Text)
 		fmt.Fprintf(b, "  comment:     %q\n", e.Element.Comment)
 	} else if e.Refusal != "" {
 		fmt.Fprintf(b, "  element:     none; the hooked chains refuse it: %s\n", e.Refusal)
 	}
-	if e.Chain != "" {
+	switch {
+	case e.Chain == "":
+	case e.Chain == "lb" && len(e.Rules) == 1:
+		what := fmt.Sprintf("%d backends (slots %s", e.Count, slotRange(e.Count))
+		if e.Count == 1 {
+			what = "1 backend (slot 0"
+		}
+		fmt.Fprintf(b, "  chain lb, its rule for %s of %s):\n", what, nat.BackendMap(e.Key().Addr))
+		fmt.Fprintf(b, "      %s\n", e.Rules[0])
+	case e.Chain == "refuse" && e.Element != nil:
+		fmt.Fprintf(b, "  chain lb finds no slot for it and ends in goto refuse; chain refuse:\n")
+		for _, r := range e.Rules {
+			fmt.Fprintf(b, "      %s\n", r)
+		}
+	default:
 		fmt.Fprintf(b, "  chain %s:\n", e.Chain)
 		for _, r := range e.Rules {
 			fmt.Fprintf(b, "      %s\n", r)

@@ -37,8 +37,8 @@ func (f *Fake) Apply(ctx context.Context, r *Ruleset, full bool) (Result, error)
 		p = makePlan(f.obs, r)
 	}
 	f.gen = r.gen
-	res := Result{ReadBack: full, Rebuilt: p.rebuild, Elements: p.elements(),
-		Chains: len(p.newChains) + len(p.fixChains) + len(p.dropChains), Dropped: len(p.dropChains)}
+	res := Result{ReadBack: full, Rebuilt: p.rebuild, Elements: p.elements()}
+	res.Chains, res.Dropped = p.chainChanges()
 	if p.elements() > 0 || res.Chains > 0 || p.rebuild {
 		res.Batches = 1
 	}

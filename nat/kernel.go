@@ -44,8 +44,8 @@ type Result struct {
 	Rebuilt  bool // the table was (re)created
 	Batches  int  // netlink batches sent
 	Elements int  // set elements added or deleted
-	Chains   int  // chains created, refilled or deleted
-	Dropped  int  // of those, unused lbN chains deleted (left by earlier changes, not drift)
+	Chains   int  // chains created, refilled, changed (rules of chain lb) or deleted
+	Dropped  int  // of those, deletions of what earlier changes left unused (chain lb's rules of counts no longer used, chains l4lb does not know): not drift
 	Routes   int  // routes added or deleted
 }
 
@@ -108,7 +108,12 @@ func New(table string, opts ...Option) (*Kernel, error) {
 		return nil, err
 	}
 	k.reader, err = nftables.New(nftables.WithNetNSFd(k.netnsFd), nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error { return forceBuffers(c, 0, socketBuffer) }))
+		nftables.WithSockOptions(func(c *netlink.Conn) error {
+			if err := forceBuffers(c, 0, socketBuffer); err != nil {
+				return err
+			}
+			return primeDumps(c)
+		}))
 	if err != nil {
 		k.tr.close()
 		return nil, fmt.Errorf("open nftables reader: %w", err)
@@ -163,8 +168,7 @@ func (k *Kernel) Apply(ctx context.Context, r *Ruleset, full bool) (Result, erro
 	if !p.empty() {
 		res.Rebuilt = p.rebuild
 		res.Elements = p.elements()
-		res.Chains = len(p.newChains) + len(p.fixChains) + len(p.dropChains)
-		res.Dropped = len(p.dropChains)
+		res.Chains, res.Dropped = p.chainChanges()
 		batches, err := k.encode(p, r)
 		if err != nil {
 			k.obs = nil
@@ -331,9 +335,7 @@ func (k *Kernel) nftSet(d setDecl, id uint32) *nftables.Set {
 	s := &nftables.Set{Table: t, Name: d.name, ID: id}
 	switch d.kind {
 	case kindVIPs:
-		s.IsMap = true
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService)
-		s.DataType = nftables.TypeVerdict
 	case kindBackends:
 		s.IsMap = true
 		s.KeyType = nftables.MustConcatSetType(addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
@@ -401,7 +403,8 @@ func elemSize(e nftables.SetElement) int {
 
 // flushElems emits the pending element changes: deletions of VIP elements
 // first, then backend deletions, backend additions, VIP additions (so a VIP
-// never points at slots that are not filled), in messages of bounded size.
+// is never matched before its slots are filled), in messages of bounded
+// size.
 func (b *batchBuilder) flushElems() error {
 	emit := func(del bool, set string) error {
 		m := b.add
@@ -432,7 +435,7 @@ func (b *batchBuilder) flushElems() error {
 		m[set] = nil
 		return nil
 	}
-	for _, set := range []string{mapVIPs4, mapVIPs6} {
+	for _, set := range []string{setVIPs4, setVIPs6} {
 		if err := emit(true, set); err != nil {
 			return err
 		}
@@ -442,7 +445,7 @@ func (b *batchBuilder) flushElems() error {
 			return err
 		}
 	}
-	for _, set := range []string{setHairpin4, setHairpin6, setIPVIPs4, setIPVIPs6, mapBackends4, mapBackends6, mapVIPs4, mapVIPs6} {
+	for _, set := range []string{setHairpin4, setHairpin6, setIPVIPs4, setIPVIPs6, mapBackends4, mapBackends6, setVIPs4, setVIPs6} {
 		if err := emit(false, set); err != nil {
 			return err
 		}
@@ -469,8 +472,9 @@ func (b *batchBuilder) cut() error {
 
 // encode turns a plan into batches: structure first (with whatever elements
 // fit), then the per-VIP units packed into bounded batches, then removals of
-// stray and unused elements, then unused chains in a batch of their own
-// (deleting a chain in the batch that drops the last jump to it can fail).
+// stray and unused elements, then, in a batch of their own, chain lb
+// without the counts no longer used (once no VIP has their slots) and
+// chains l4lb does not know.
 func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 	enc, err := newEncoder()
 	if err != nil {
@@ -498,7 +502,7 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		chains[c.name] = k.nftChain(c)
 	}
 	// Chains in the order of the text (so that nft lists them the same),
-	// all of them before any rule, since rules jump to refuse and lbN. One
+	// all of them before any rule, since rules jump to refuse and lb. One
 	// batch is atomic: no packet sees a chain before its rules.
 	for _, c := range p.newChains {
 		enc.c.AddChain(chains[c.name])
@@ -512,6 +516,28 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		for i, rl := range c.rules {
 			enc.c.AddRule(&nftables.Rule{Table: t, Chain: chains[c.name], Exprs: k.ruleExprs(rl, b.ids)})
 			b.op(fmt.Sprintf("add rule %d of chain %s", i+1, c.name), 256)
+		}
+	}
+	// New counts' rules go before the first rule of a larger count (the
+	// IPv6 rules and goto refuse come after every IPv4 rule), in ascending
+	// order, so that chain lb stays as the text lists it.
+	lbCh := &nftables.Chain{Name: chainLB, Table: t}
+	var lb lbHandles
+	if len(p.lbAdd)+len(p.lbDel) > 0 {
+		if lb, err = k.lbHandles(); err != nil {
+			return nil, err
+		}
+		for _, n := range p.lbDel {
+			if lb.v4[n] == 0 || lb.v6[n] == 0 {
+				return nil, fmt.Errorf("chain %s has no rule for %d backends to delete", chainLB, n)
+			}
+		}
+	}
+	for _, v6 := range []bool{false, true} {
+		for _, n := range p.lbAdd {
+			rl := dnatRule(v6, n, pick4(v6, mapBackends4, mapBackends6))
+			enc.c.InsertRule(&nftables.Rule{Table: t, Chain: lbCh, Position: lb.before(v6, n), Exprs: k.ruleExprs(rl, b.ids)})
+			b.op(fmt.Sprintf("insert rule %q into chain %s", rl.text, chainLB), 256)
 		}
 	}
 	for _, a := range p.hairpinAdd {
@@ -529,9 +555,9 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 				return nil, err
 			}
 		}
-		vmap, bemap := pick(u.key.Addr, mapVIPs4, mapVIPs6), pick(u.key.Addr, mapBackends4, mapBackends6)
+		vset, bemap := pick(u.key.Addr, setVIPs4, setVIPs6), pick(u.key.Addr, mapBackends4, mapBackends6)
 		if u.delVIP {
-			b.elem(true, vmap, nftables.SetElement{Key: vipKeyBytes(u.key)})
+			b.elem(true, vset, nftables.SetElement{Key: vipKeyBytes(u.key)})
 		}
 		for _, s := range u.delSlots {
 			b.elem(true, bemap, nftables.SetElement{Key: beKeyBytes(u.key, s)})
@@ -540,8 +566,7 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 			b.elem(false, bemap, nftables.SetElement{Key: beKeyBytes(u.key, s.slot), Val: beValBytes(s.be)})
 		}
 		if u.addVIP != nil {
-			b.elem(false, vmap, nftables.SetElement{Key: vipKeyBytes(u.key), Comment: u.addVIP.comment,
-				VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: verdictFor(u.addVIP.n)}})
+			b.elem(false, vset, nftables.SetElement{Key: vipKeyBytes(u.key), Comment: *u.addVIP})
 		}
 	}
 	for _, s := range p.strays {
@@ -556,6 +581,14 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 	if err := b.cut(); err != nil {
 		return nil, err
 	}
+	for _, n := range p.lbDel {
+		for _, h := range []uint64{lb.v4[n], lb.v6[n]} {
+			if err := enc.c.DelRule(&nftables.Rule{Table: t, Chain: lbCh, Handle: h}); err != nil {
+				return nil, fmt.Errorf("encode delete of rule %d of chain %s: %w", h, chainLB, err)
+			}
+			b.op(fmt.Sprintf("delete rule for %d backends (handle %d) of chain %s", n, h, chainLB), 64)
+		}
+	}
 	for _, name := range p.dropChains {
 		c := &nftables.Chain{Name: name, Table: t}
 		enc.c.FlushChain(c)
@@ -567,6 +600,64 @@ func (k *Kernel) encode(p *plan, r *Ruleset) ([]batch, error) {
 		return nil, err
 	}
 	return b.batches, nil
+}
+
+// lbHandles are the handles of chain lb's rules in the kernel.
+type lbHandles struct {
+	v4, v6 map[int]uint64 // by count
+	refuse uint64         // goto refuse, the last rule
+}
+
+// before is the handle of the rule a new rule for n backends goes before:
+// the first rule of its family for a larger count, else the first IPv6
+// rule (for an IPv4 rule), else goto refuse.
+func (h lbHandles) before(v6 bool, n int) uint64 {
+	pos, best := h.refuse, 0
+	if !v6 {
+		for m, hd := range h.v6 {
+			if best == 0 || m < best {
+				pos, best = hd, m
+			}
+		}
+	}
+	fam := h.v4
+	if v6 {
+		fam = h.v6
+	}
+	best = 0
+	for m, hd := range fam {
+		if m > n && (best == 0 || m < best) {
+			pos, best = hd, m
+		}
+	}
+	return pos
+}
+
+// lbHandles reads the handles of chain lb's rules, which must be l4lb's.
+func (k *Kernel) lbHandles() (lbHandles, error) {
+	h := lbHandles{v4: map[int]uint64{}, v6: map[int]uint64{}}
+	t := &nftables.Table{Name: k.table, Family: nftables.TableFamilyINet}
+	rules, err := k.reader.GetRules(t, &nftables.Chain{Name: chainLB, Table: t})
+	if err != nil {
+		return h, fmt.Errorf("list rules of chain %s: %w", chainLB, err)
+	}
+	counts, ok := k.lbCounts(rules)
+	want := lbChainDecl(counts)
+	if !ok || !k.sameRules(rules, want, nil) {
+		return h, fmt.Errorf("chain %s holds rules l4lb did not write: read the table back", chainLB)
+	}
+	for i, n := range counts {
+		h.v4[n], h.v6[n] = rules[i].Handle, rules[len(counts)+i].Handle
+	}
+	h.refuse = rules[len(rules)-1].Handle
+	return h, nil
+}
+
+func pick4(v6 bool, v4name, v6name string) string {
+	if v6 {
+		return v6name
+	}
+	return v4name
 }
 
 func unitSize(u unit) int { return 160 + 96*(len(u.delSlots)+len(u.addSlots)) }
@@ -683,7 +774,8 @@ func (k *Kernel) ruleExprs(r rule, ids map[string]uint32) []expr.Any {
 	case ruleVIPLookup:
 		key, _ := loadKey(r.v6)
 		out = append(nfproto(r.v6), key...)
-		out = append(out, &expr.Lookup{SourceRegister: reg1, DestRegister: 0, IsDestRegSet: true, SetName: r.set, SetID: ids[r.set]})
+		out = append(out, &expr.Lookup{SourceRegister: reg1, SetName: r.set, SetID: ids[r.set]},
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainLB})
 	case ruleRefusePrefix:
 		out = append(nfproto(r.v6), prefixMatch(r.prefix)...)
 		out = append(out, gotoRefuse())
@@ -698,7 +790,7 @@ func (k *Kernel) ruleExprs(r rule, ids map[string]uint32) []expr.Any {
 		}
 		out = append(nfproto(r.v6), key...)
 		out = append(out,
-			&expr.Numgen{Register: next, Modulus: uint32(r.n), Type: unix.NFT_NG_RANDOM},
+			&expr.Numgen{Register: next, Modulus: uint32(r.n), Type: unix.NFT_NG_RANDOM, Offset: uint32(SlotBase(r.n))},
 			&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: r.set, SetID: ids[r.set]},
 			&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg1, RegAddrMax: reg1,
 				RegProtoMin: protoReg, RegProtoMax: protoReg, Specified: true})
@@ -822,6 +914,17 @@ func (k *Kernel) observe(want *Ruleset) (*observed, error) {
 			return nil, fmt.Errorf("list rules of chain %s: %w", c.Name, err)
 		}
 		o.chains[c.Name] = chainOK
+		if c.Name == chainLB {
+			// Any set of counts will do, in l4lb's order: the plan
+			// compares them with those in use.
+			counts, ok := k.lbCounts(rules)
+			o.lb = counts
+			w = lbChainDecl(counts)
+			if !ok {
+				o.chains[c.Name] = chainWrongRules
+				continue
+			}
+		}
 		if !k.sameRules(rules, w, ids) {
 			o.chains[c.Name] = chainWrongRules
 		}
@@ -870,6 +973,30 @@ func (k *Kernel) sameRules(got []*nftables.Rule, want chainDecl, ids map[string]
 	return true
 }
 
+// lbCounts reads the backend counts of chain lb's DNAT rules, as l4lb
+// writes them: the IPv4 rules with ascending counts, the IPv6 rules with
+// the same, and goto refuse. Whether the rules are exactly l4lb's is for
+// the caller to check against lbChainDecl(counts).
+func (k *Kernel) lbCounts(rules []*nftables.Rule) ([]int, bool) {
+	if len(rules)%2 != 1 {
+		return nil, false
+	}
+	counts := make([]int, 0, len(rules)/2)
+	for _, r := range rules[:len(rules)/2] {
+		n := 0
+		for _, e := range r.Exprs {
+			if ng, ok := e.(*expr.Numgen); ok {
+				n = int(ng.Modulus)
+			}
+		}
+		if n < 1 || n > MaxBackends || (len(counts) > 0 && n <= counts[len(counts)-1]) {
+			return nil, false
+		}
+		counts = append(counts, n)
+	}
+	return counts, true
+}
+
 // encodeExprs marshals expressions for comparison; set ids, which the
 // kernel does not report, are left out.
 func encodeExprs(es []expr.Any) ([]byte, error) {
@@ -897,7 +1024,7 @@ func (rd *reader) addElems(d setDecl, elems []nftables.SetElement) error {
 			if err != nil {
 				return err
 			}
-			rd.vals[key] = vipVal{comment: e.Comment, n: verdictCount(gotoChain(e.Val))}
+			rd.elems[key] = e.Comment
 		case kindBackends:
 			key, slot, err := decodeBEKey(e.Key, d.v6)
 			if err != nil {
@@ -923,29 +1050,6 @@ func (rd *reader) addElems(d setDecl, elems []nftables.SetElement) error {
 		}
 	}
 	return nil
-}
-
-// gotoChain decodes the verdict of a verdict map element (google/nftables
-// returns it as the raw NFTA_DATA_VERDICT attributes): the chain of a goto,
-// or a marker that never equals a chain name for any other verdict.
-func gotoChain(b []byte) string {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return "(undecodable verdict)"
-	}
-	code, chain := int32(0), ""
-	for ad.Next() {
-		switch ad.Type() {
-		case unix.NFTA_VERDICT_CODE:
-			code = int32(beUint32(ad.Bytes()))
-		case unix.NFTA_VERDICT_CHAIN:
-			chain = ad.String()
-		}
-	}
-	if ad.Err() != nil || code != unix.NFT_GOTO {
-		return fmt.Sprintf("(verdict %d)", code)
-	}
-	return chain
 }
 
 // rawSet is a set's definition as the kernel reports it.
@@ -1031,6 +1135,39 @@ func forceBuffers(c *netlink.Conn, snd, rcv int) error {
 		}
 	})
 	return errors.Join(err, serr)
+}
+
+// primeDumps makes the kernel fill the dump messages it sends on the socket
+// up to 32 KiB. It sizes them by the largest buffer a receive on the socket
+// has offered, and mdlayher/netlink offers a page unless a message fills
+// it. That matters for the backend map: each dump message costs the kernel
+// a walk of the hash set from its start (it skips what earlier messages
+// held), so with messages of a page a read-back of 500,000 backend elements
+// took 75 s of kernel time, with 32 KiB a few seconds. One receive of 32
+// KiB, of the answer to a harmless request (the ruleset's generation), is
+// enough: the kernel remembers the size for the socket.
+func primeDumps(c *netlink.Conn) error {
+	req := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	if _, err := c.Send(req); err != nil {
+		return fmt.Errorf("netlink reader: ask the ruleset generation: %w", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink reader: %w", err)
+	}
+	buf := make([]byte, 32<<10)
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, _, _, rerr = unix.Recvmsg(int(fd), buf, nil, 0)
+		return rerr != unix.EAGAIN && rerr != unix.EINTR
+	})
+	if err := errors.Join(err, rerr); err != nil {
+		return fmt.Errorf("netlink reader: read the ruleset generation: %w", err)
+	}
+	return nil
 }
 
 // send sends one batch and waits for the acknowledgement of every message.
@@ -1153,13 +1290,13 @@ func beUint32(b []byte) uint32 {
 // ---- reading for an operator (l4lb explain) ----
 
 // Snapshot reads l4lb's table as the kernel holds it: VIP elements with
-// their comments and chains, backend slots, refused addresses and the text
+// their comments, backend slots, refused addresses and the text
 // of every rule (l4lb's rules by their expressions; anything else by its
 // handle). It changes nothing.
 func (k *Kernel) Snapshot() (*Snapshot, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key][]netip.AddrPort{},
+	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key]map[int]netip.AddrPort{},
 		Chains: map[string][]SnapRule{}, Hooks: map[string]string{}}
 	tables, err := k.reader.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -1203,6 +1340,10 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 	}
 	for _, name := range names {
 		known, _ := knownRules(name, s.Pools)
+		if name == chainLB {
+			counts, _ := k.lbCounts(rulesOf[name])
+			known = lbChainDecl(counts).rules
+		}
 		for _, r := range rulesOf[name] {
 			s.Chains[name] = append(s.Chains[name], SnapRule{Handle: r.Handle, Text: k.ruleText(r, known)})
 		}
@@ -1227,7 +1368,7 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 				if err != nil {
 					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
 				}
-				s.VIPs[key] = SnapVIP{Map: d.name, Comment: e.Comment, Chain: gotoChain(e.Val)}
+				s.VIPs[key] = SnapVIP{Set: d.name, Comment: e.Comment}
 			case kindBackends:
 				key, slot, err := decodeBEKey(e.Key, d.v6)
 				if err != nil {
@@ -1237,15 +1378,10 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 				if err != nil {
 					return nil, fmt.Errorf("decode element of %s: %w", d.name, err)
 				}
-				if slot < 0 || slot > 1<<16 {
-					continue
+				if s.Slots[key] == nil {
+					s.Slots[key] = map[int]netip.AddrPort{}
 				}
-				sl := s.Slots[key]
-				for len(sl) <= slot {
-					sl = append(sl, netip.AddrPort{})
-				}
-				sl[slot] = be
-				s.Slots[key] = sl
+				s.Slots[key][slot] = be
 			case kindAddrs:
 				if a, ok := addrFrom(e.Key); ok {
 					s.IPVIPs = append(s.IPVIPs, a)

@@ -13,7 +13,7 @@ import (
 )
 
 // kernelFor returns a Kernel programming the namespace ns.
-func kernelFor(t *testing.T, ns *netns.NS, opts ...Option) *Kernel {
+func kernelFor(t testing.TB, ns *netns.NS, opts ...Option) *Kernel {
 	t.Helper()
 	f, err := ns.Open()
 	if err != nil {
@@ -151,6 +151,13 @@ func TestKernelMatchesNft(t *testing.T) {
 			k2 := kernelFor(t, viaNetlink, WithoutRoutes())
 			if res, err := k2.Apply(context.Background(), r, false); err != nil || res.Changed() {
 				t.Errorf("restart adopting the table: %+v, %v; want no change", res, err)
+			}
+			// And a kernel adopting the table nft built from the text: the
+			// sets (with their userdata) and the rules' expressions are
+			// exactly what nft generates.
+			k3 := kernelFor(t, viaNft, WithoutRoutes())
+			if res, err := k3.Apply(context.Background(), r, false); err != nil || res.Changed() {
+				t.Errorf("adopting the table nft -f built: %+v, %v; want no change", res, err)
 			}
 		})
 	}

@@ -172,16 +172,12 @@ func setUserdata(d setDecl) []byte {
 	}
 	dport := typeofPayload(protoDescTH, thDport)
 	switch d.kind {
-	case kindVIPs:
-		return concat(tlv(udataKeyByteOrder, u32(0)), tlv(udataDataByteOrder, u32(0)),
-			tlv(udataKeyTypeof, tlv(typeofExpr, u32(exprConcat)), tlv(typeofData)),
-			tlv(udataDataInterval, u32(0)))
 	case kindBackends:
 		return concat(tlv(udataKeyByteOrder, u32(0)), tlv(udataDataByteOrder, u32(0)),
 			tlv(udataKeyTypeof, typeofConcat(daddr, typeofMeta(metaL4Proto), dport, typeofNumgen(2))),
 			tlv(udataDataTypeof, typeofConcat(daddr, dport)),
 			tlv(udataDataInterval, u32(0)))
-	case kindPairs:
+	case kindVIPs, kindPairs:
 		return concat(tlv(udataKeyByteOrder, u32(0)),
 			tlv(udataKeyTypeof, tlv(typeofExpr, u32(exprConcat)), tlv(typeofData)))
 	}

@@ -3,6 +3,7 @@ package nat
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // The static part of the table, described once and rendered twice: as nft
@@ -12,7 +13,7 @@ import (
 type setKind uint8
 
 const (
-	kindVIPs     setKind = iota // addr . proto . port : verdict
+	kindVIPs     setKind = iota // addr . proto . port, with a comment
 	kindBackends                // addr . proto . port . slot : addr . port
 	kindAddrs                   // addr
 	kindPairs                   // addr . addr
@@ -27,8 +28,8 @@ type setDecl struct {
 
 func (r *Ruleset) setDecls() []setDecl {
 	return []setDecl{
-		{mapVIPs4, kindVIPs, false, "type ipv4_addr . inet_proto . inet_service : verdict"},
-		{mapVIPs6, kindVIPs, true, "type ipv6_addr . inet_proto . inet_service : verdict"},
+		{setVIPs4, kindVIPs, false, "type ipv4_addr . inet_proto . inet_service"},
+		{setVIPs6, kindVIPs, true, "type ipv6_addr . inet_proto . inet_service"},
 		{mapBackends4, kindBackends, false, "typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport"},
 		{mapBackends6, kindBackends, true, "typeof ip6 daddr . meta l4proto . th dport . numgen random mod 2 : ip6 daddr . th dport"},
 		{setIPVIPs4, kindAddrs, false, "type ipv4_addr"},
@@ -39,16 +40,16 @@ func (r *Ruleset) setDecls() []setDecl {
 }
 
 // isMap reports whether the set is declared with "map".
-func (d setDecl) isMap() bool { return d.kind == kindVIPs || d.kind == kindBackends }
+func (d setDecl) isMap() bool { return d.kind == kindBackends }
 
 // ruleKind is the shape of a rule.
 type ruleKind uint8
 
 const (
-	ruleVIPLookup    ruleKind = iota // daddr . l4proto . dport vmap @set
+	ruleVIPLookup    ruleKind = iota // daddr . l4proto . dport @set goto lb
 	ruleRefusePrefix                 // daddr in prefix: goto refuse
 	ruleRefuseSet                    // daddr in @set: goto refuse
-	ruleDNAT                         // dnat to daddr . l4proto . dport . numgen mod n map @set
+	ruleDNAT                         // dnat to daddr . l4proto . dport . numgen mod n offset SlotBase(n) map @set
 	ruleGotoRefuse                   // goto refuse
 	ruleRejectTCP                    // tcp: reject with tcp reset
 	ruleReject                       // reject (icmpx port unreachable)
@@ -70,6 +71,7 @@ type chainDecl struct {
 	priority string // dstnat or srcnat
 	prio     int
 	rules    []rule
+	counts   []int // chain lb: the backend counts it has a rule for
 }
 
 func ipOf(v6 bool) string {
@@ -81,7 +83,7 @@ func ipOf(v6 bool) string {
 
 func lookupRule(v6 bool, set string) rule {
 	return rule{kind: ruleVIPLookup, v6: v6, set: set,
-		text: fmt.Sprintf("%s daddr . meta l4proto . th dport vmap @%s", ipOf(v6), set)}
+		text: fmt.Sprintf("%s daddr . meta l4proto . th dport @%s goto %s", ipOf(v6), set, chainLB)}
 }
 
 func refusePrefixRule(p netip.Prefix) rule {
@@ -96,8 +98,18 @@ func refuseSetRule(v6 bool, set string) rule {
 
 func dnatRule(v6 bool, n int, set string) rule {
 	ip := ipOf(v6)
+	offset := "" // nft prints no "offset 0"
+	if b := SlotBase(n); b > 0 {
+		offset = fmt.Sprintf(" offset %d", b)
+	}
 	return rule{kind: ruleDNAT, v6: v6, n: n, set: set,
-		text: fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", ip, ip, n, set)}
+		text: fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d%s map @%s", ip, ip, n, offset, set)}
+}
+
+// DNATRuleText is the text of chain lb's rule for VIPs of the address's
+// family with n active backends.
+func DNATRuleText(a netip.Addr, n int) string {
+	return dnatRule(a.Is6(), n, BackendMap(a)).text
 }
 
 func hairpinRule(v6 bool, set string) rule {
@@ -109,7 +121,7 @@ func hairpinRule(v6 bool, set string) rule {
 // dispatchRules are the rules of both hooked dstnat chains: one lookup per
 // family, then refusal of anything else aimed at VIP addresses.
 func (r *Ruleset) dispatchRules() []rule {
-	rules := []rule{lookupRule(false, mapVIPs4), lookupRule(true, mapVIPs6)}
+	rules := []rule{lookupRule(false, setVIPs4), lookupRule(true, setVIPs6)}
 	if r.Pool4.IsValid() {
 		rules = append(rules, refusePrefixRule(r.Pool4))
 	}
@@ -121,7 +133,7 @@ func (r *Ruleset) dispatchRules() []rule {
 }
 
 // chains lists every chain of the ruleset: the hooked chains, refuse, and
-// one lbN chain for each backend count in use.
+// lb with a rule for each backend count in use.
 func (r *Ruleset) chains() []chainDecl {
 	out := []chainDecl{
 		{name: chainPrerouting, hook: "prerouting", priority: "dstnat", prio: -100, rules: r.dispatchRules()},
@@ -133,16 +145,22 @@ func (r *Ruleset) chains() []chainDecl {
 			{kind: ruleReject, text: "reject"},
 		}},
 	}
-	for _, n := range r.LBCounts() {
-		out = append(out, lbChainDecl(n))
-	}
-	return out
+	return append(out, lbChainDecl(r.LBCounts()))
 }
 
-func lbChainDecl(n int) chainDecl {
-	return chainDecl{name: lbChain(n), rules: []rule{
-		dnatRule(false, n, mapBackends4),
-		dnatRule(true, n, mapBackends6),
-		{kind: ruleGotoRefuse, text: "goto " + chainRefuse},
-	}}
+// lbChainDecl is chain lb for the backend counts (ascending): the IPv4
+// rules, the IPv6 rules, then refuse for a VIP without any slot.
+func lbChainDecl(counts []int) chainDecl {
+	c := chainDecl{name: chainLB, counts: slices.Clip(counts)}
+	for _, v6 := range []bool{false, true} {
+		set := mapBackends4
+		if v6 {
+			set = mapBackends6
+		}
+		for _, n := range counts {
+			c.rules = append(c.rules, dnatRule(v6, n, set))
+		}
+	}
+	c.rules = append(c.rules, rule{kind: ruleGotoRefuse, text: "goto " + chainRefuse})
+	return c
 }

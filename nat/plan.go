@@ -11,10 +11,6 @@ import (
 // last programmed) against the compiled ruleset gives a plan of element and
 // chain changes. kernel.go turns plans into netlink batches.
 
-// maxSlot bounds the slots l4lb keeps track of; backend elements in higher
-// slots can only be strays (written by hand) and are deleted.
-const maxSlot = 1 << 16
-
 // chainStatus says how a chain in the kernel compares with what l4lb wants.
 type chainStatus uint8
 
@@ -25,12 +21,6 @@ const (
 	chainWrongHook  // exists, but as another kind of chain
 )
 
-// vipVal is the value side of a VIP element.
-type vipVal struct {
-	n       int // backend count: jumps to lbN, or refuse for 0; -1 for another verdict
-	comment string
-}
-
 // observed is l4lb's table as the kernel holds it. The VIPs and the address
 // sets are sorted slices, so that comparing them with a ruleset is a merge
 // walk without hashing: at 50,000 VIPs a change costs a few milliseconds.
@@ -38,6 +28,7 @@ type observed struct {
 	table   bool
 	sets    map[string]bool // set name -> exists with the expected type
 	chains  map[string]chainStatus
+	lb      []int        // the counts chain lb has a rule for, when chainOK
 	vips    []obsVIP     // sorted by key
 	strays  []beKey      // backend elements in impossible slots, or of no VIP
 	ipvips  []netip.Addr // sorted
@@ -46,10 +37,11 @@ type observed struct {
 
 // obsVIP is one VIP in the kernel: its element (if any) and its slots.
 type obsVIP struct {
-	key    vip.Key
-	hasVal bool
-	val    vipVal
-	// slots in the backend map; an invalid AddrPort is a hole.
+	key     vip.Key
+	hasElem bool
+	comment string
+	// slots of its count N = len(slots) in the backend map: slots[i] is
+	// slot SlotBase(N)+i; an invalid AddrPort is a hole.
 	slots []netip.AddrPort
 	// sum is the fingerprint of the ruleset's element that produced this
 	// state: when the next ruleset has the same, nothing changed. Unknown
@@ -68,52 +60,83 @@ func newObserved() *observed {
 
 // reader collects elements read back from the kernel, in any order.
 type reader struct {
-	vals    map[vip.Key]vipVal
-	slots   map[vip.Key][]netip.AddrPort
+	elems   map[vip.Key]string // VIP elements and their comments
+	slots   map[vip.Key][]slotVal
 	strays  []beKey
 	ipvips  []netip.Addr
 	hairpin []netip.Addr
 }
 
 func newReader() *reader {
-	return &reader{vals: map[vip.Key]vipVal{}, slots: map[vip.Key][]netip.AddrPort{}}
+	return &reader{elems: map[vip.Key]string{}, slots: map[vip.Key][]slotVal{}}
 }
 
 // setSlot records a backend element.
 func (r *reader) setSlot(k vip.Key, slot int, be netip.AddrPort) {
-	if slot < 0 || slot >= maxSlot {
+	if n, _ := SlotCount(slot); n == 0 {
 		r.strays = append(r.strays, beKey{k, slot})
 		return
 	}
-	s := r.slots[k]
-	for len(s) <= slot {
-		s = append(s, netip.AddrPort{})
-	}
-	s[slot] = be
-	r.slots[k] = s
+	r.slots[k] = append(r.slots[k], slotVal{slot, be})
 }
 
-// into fills o with what was read.
+// into fills o with what was read. A VIP's count is that of the range
+// holding most of its slots; slots in other ranges (left by a change that
+// failed halfway, or written by hand) are strays, deleted by the next plan.
 func (r *reader) into(o *observed) {
-	keys := make([]vip.Key, 0, len(r.vals)+len(r.slots))
-	for k := range r.vals {
+	keys := make([]vip.Key, 0, len(r.elems)+len(r.slots))
+	for k := range r.elems {
 		keys = append(keys, k)
 	}
 	for k := range r.slots {
-		if _, ok := r.vals[k]; !ok {
+		if _, ok := r.elems[k]; !ok {
 			keys = append(keys, k)
 		}
 	}
 	slices.SortFunc(keys, vip.Key.Compare)
 	o.vips = make([]obsVIP, len(keys))
 	for i, k := range keys {
-		v, ok := r.vals[k]
-		o.vips[i] = obsVIP{key: k, hasVal: ok, val: v, slots: r.slots[k]}
+		c, ok := r.elems[k]
+		o.vips[i] = obsVIP{key: k, hasElem: ok, comment: c, slots: r.vipSlots(k)}
 	}
 	o.strays = r.strays
 	slices.SortFunc(r.ipvips, netip.Addr.Compare)
 	slices.SortFunc(r.hairpin, netip.Addr.Compare)
 	o.ipvips, o.hairpin = slices.Compact(r.ipvips), slices.Compact(r.hairpin)
+}
+
+// vipSlots places the slots read for k by the count they belong to.
+func (r *reader) vipSlots(k vip.Key) []netip.AddrPort {
+	read := r.slots[k]
+	if len(read) == 0 {
+		return nil
+	}
+	n, _ := SlotCount(read[0].slot)
+	mixed := false
+	for _, s := range read[1:] {
+		if m, _ := SlotCount(s.slot); m != n {
+			mixed = true
+		}
+	}
+	if mixed {
+		per := map[int]int{}
+		for _, s := range read {
+			m, _ := SlotCount(s.slot)
+			per[m]++
+			if per[m] > per[n] || (per[m] == per[n] && m < n) {
+				n = m
+			}
+		}
+	}
+	out := make([]netip.AddrPort, n)
+	for _, s := range read {
+		if m, i := SlotCount(s.slot); m == n {
+			out[i] = s.be
+		} else {
+			r.strays = append(r.strays, beKey{k, s.slot})
+		}
+	}
+	return out
 }
 
 // plan is the set of changes that turns observed into the wanted ruleset.
@@ -122,22 +145,25 @@ type plan struct {
 	newSets    []setDecl   // sets to create
 	newChains  []chainDecl // chains to create, with their rules
 	fixChains  []chainDecl // chains to flush and refill
+	lbAdd      []int       // counts whose rules are inserted into chain lb (ascending), first
+	lbDel      []int       // counts whose rules are deleted from chain lb, last
 	units      []unit      // per-VIP element changes, each applied atomically
 	ipvipsAdd  []netip.Addr
 	ipvipsDel  []netip.Addr
 	hairpinAdd []netip.Addr
 	hairpinDel []netip.Addr
 	strays     []beKey  // backend elements to delete
-	dropChains []string // lbN chains no longer used, deleted last
+	dropChains []string // chains l4lb does not know, deleted last
 	delta      bool     // from makeDeltaPlan: the address lists are patched, not copied
 }
 
 // unit is one VIP's changes: the old element out, slots changed, the new
 // element in. Applied in one batch, so a packet never sees half of it.
+// Slots are the backend map's keys (SlotBase(N) + index).
 type unit struct {
 	key      vip.Key
 	delVIP   bool
-	addVIP   *vipVal
+	addVIP   *string // the comment of the element added
 	delSlots []int
 	addSlots []slotVal
 	next     obsVIP // the VIP after the change; gone when its key is invalid
@@ -150,9 +176,25 @@ type slotVal struct {
 
 // empty reports whether the plan changes nothing.
 func (p *plan) empty() bool {
-	return !p.rebuild && len(p.newSets) == 0 && len(p.newChains) == 0 && len(p.fixChains) == 0 &&
+	return !p.rebuild && len(p.newSets) == 0 && len(p.newChains) == 0 && len(p.fixChains) == 0 && len(p.lbAdd) == 0 && len(p.lbDel) == 0 &&
 		len(p.units) == 0 && len(p.ipvipsAdd) == 0 && len(p.ipvipsDel) == 0 && len(p.hairpinAdd) == 0 &&
 		len(p.hairpinDel) == 0 && len(p.strays) == 0 && len(p.dropChains) == 0
+}
+
+// chainChanges counts the chains the plan creates, changes or deletes,
+// and of those the ones that only drop what earlier changes left unused
+// (rules of chain lb for counts no longer used, chains l4lb does not know).
+func (p *plan) chainChanges() (chains, dropped int) {
+	dropped = len(p.dropChains)
+	lb := 0
+	switch {
+	case len(p.lbAdd) > 0:
+		lb = 1
+	case len(p.lbDel) > 0:
+		lb = 1
+		dropped++
+	}
+	return len(p.newChains) + len(p.fixChains) + len(p.dropChains) + lb, dropped
 }
 
 // elements counts the element changes of the plan.
@@ -177,7 +219,7 @@ func (p *plan) elements() int {
 // elements as possible.
 func makePlan(o *observed, want *Ruleset) *plan {
 	p := &plan{rebuild: !o.table}
-	o = p.structure(o, want)
+	o = p.structure(o, want, false)
 
 	// VIP elements and backend slots: a merge walk of two sorted lists.
 	i, j := 0, 0
@@ -193,10 +235,7 @@ func makePlan(o *observed, want *Ruleset) *plan {
 		}
 		switch {
 		case c < 0: // in the kernel only: remove
-			cur := o.vips[i]
-			u := unit{key: cur.key, delVIP: cur.hasVal}
-			u.delSlots, _ = slotChanges(cur.slots, nil)
-			p.units = append(p.units, u)
+			p.units = append(p.units, removeUnit(o.vips[i]))
 			i++
 		case c > 0: // wanted only: add
 			if u, ok := vipUnit(obsVIP{key: want.VIPs[j].Key}, want.VIPs[j]); ok {
@@ -221,7 +260,12 @@ func makePlan(o *observed, want *Ruleset) *plan {
 // of the wrong type (which cannot be changed in place), means rebuilding
 // the table. It returns what the VIP elements are to be compared with:
 // nothing when rebuilding.
-func (p *plan) structure(o *observed, want *Ruleset) *observed {
+//
+// Chain lb gains the rule of a count when the count comes into use, in the
+// transaction of the VIPs' slots; the rules of counts no longer in use
+// stay until a full plan (delta false), which deletes them last, once no
+// VIP uses them.
+func (p *plan) structure(o *observed, want *Ruleset, delta bool) *observed {
 	for _, d := range want.setDecls() {
 		if ok, present := o.sets[d.name]; present && !ok {
 			p.rebuild = true
@@ -249,7 +293,22 @@ func (p *plan) structure(o *observed, want *Ruleset) *observed {
 			p.newChains = append(p.newChains, c)
 		case chainWrongRules:
 			p.fixChains = append(p.fixChains, c)
+		case chainOK:
+			if c.name != chainLB {
+				break
+			}
+			// Only the rules of counts that change: a rule added walks
+			// every element of the backend map it looks up (the kernel
+			// checks each against the rule's register), so the rules of
+			// the counts kept are never rewritten.
+			p.lbAdd = subtractCounts(c.counts, o.lb)
+			if !delta {
+				p.lbDel = subtractCounts(o.lb, c.counts)
+			}
 		}
+	}
+	if delta {
+		return o
 	}
 	for name := range o.chains {
 		if !wanted[name] {
@@ -257,8 +316,39 @@ func (p *plan) structure(o *observed, want *Ruleset) *observed {
 		}
 	}
 	slices.Sort(p.dropChains)
-
 	return o
+}
+
+// unionCounts merges two ascending lists of counts.
+func unionCounts(a, b []int) []int {
+	out := make([]int, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+// subtractCounts lists the counts of a (ascending) that b lacks.
+func subtractCounts(a, b []int) []int {
+	var out []int
+	for _, n := range a {
+		if _, found := slices.BinarySearch(b, n); !found {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // makeDeltaPlan plans the change from the ruleset the kernel holds (o) to
@@ -268,22 +358,16 @@ func (p *plan) structure(o *observed, want *Ruleset) *observed {
 // needs rebuilding it falls back to makePlan.
 func makeDeltaPlan(o *observed, want *Ruleset) *plan {
 	p := &plan{rebuild: !o.table}
-	if p.structure(o, want); p.rebuild {
+	if p.structure(o, want, true); p.rebuild {
 		return makePlan(o, want)
 	}
-	// lbN chains no longer used stay until the next full plan: deleting
-	// one is a transaction of its own, and the count often comes back.
-	p.dropChains = nil
 	d := want.delta
 	for _, k := range d.keys {
 		i, inO := slices.BinarySearchFunc(o.vips, k, func(v obsVIP, k vip.Key) int { return v.key.Compare(k) })
 		j, inW := searchElem(want.VIPs, k)
 		switch {
 		case inO && !inW:
-			cur := o.vips[i]
-			u := unit{key: cur.key, delVIP: cur.hasVal}
-			u.delSlots, _ = slotChanges(cur.slots, nil)
-			p.units = append(p.units, u)
+			p.units = append(p.units, removeUnit(o.vips[i]))
 		case inW:
 			cur := obsVIP{key: k}
 			if inO {
@@ -301,20 +385,27 @@ func makeDeltaPlan(o *observed, want *Ruleset) *plan {
 	return p
 }
 
+// removeUnit removes a VIP: its element and every slot.
+func removeUnit(cur obsVIP) unit {
+	u := unit{key: cur.key, delVIP: cur.hasElem}
+	u.delSlots, _ = diffSlots(cur.slots, nil)
+	return u
+}
+
 // vipUnit compares one VIP; ok is false when nothing changes.
 func vipUnit(cur obsVIP, w VIPElem) (unit, bool) {
 	if cur.sum != 0 && cur.sum == w.sum {
 		return unit{}, false
 	}
-	val := vipVal{n: len(w.Backends), comment: w.Comment}
 	u := unit{key: w.Key}
-	if !cur.hasVal || cur.val != val {
-		u.delVIP = cur.hasVal
-		u.addVIP = &val
+	if !cur.hasElem || cur.comment != w.Comment {
+		u.delVIP = cur.hasElem
+		c := w.Comment
+		u.addVIP = &c
 	}
 	next := assignSlots(cur.slots, w.Backends)
 	u.delSlots, u.addSlots = diffSlots(cur.slots, next)
-	u.next = obsVIP{key: w.Key, hasVal: true, val: val, slots: next, sum: w.sum}
+	u.next = obsVIP{key: w.Key, hasElem: true, comment: w.Comment, slots: next, sum: w.sum}
 	if len(next) == 0 {
 		u.next.slots = nil
 	}
@@ -324,45 +415,42 @@ func vipUnit(cur obsVIP, w VIPElem) (unit, bool) {
 	return u, true
 }
 
-// slotChanges turns the current slots of a VIP into the wanted backends.
-func slotChanges(cur []netip.AddrPort, want []netip.AddrPort) (del []int, add []slotVal) {
-	return diffSlots(cur, assignSlots(cur, want))
-}
-
-// diffSlots lists the slots to delete (changed or beyond the new count) and
-// the slots to add.
+// diffSlots lists the slots to delete and the slots to add (as keys of the
+// backend map) to go from cur to next. Within one count only the slots
+// that differ change; a change of count moves the VIP to the range of the
+// new count: every old slot out, every new one in.
 func diffSlots(cur, next []netip.AddrPort) (del []int, add []slotVal) {
+	from, to := SlotBase(len(cur)), SlotBase(len(next))
+	same := len(cur) == len(next)
 	for i, a := range cur {
-		if !a.IsValid() {
-			continue
-		}
-		if i >= len(next) || next[i] != a {
-			del = append(del, i)
+		if a.IsValid() && (!same || next[i] != a) {
+			del = append(del, from+i)
 		}
 	}
 	for i, a := range next {
-		if i >= len(cur) || cur[i] != a {
-			add = append(add, slotVal{i, a})
+		if !same || cur[i] != a {
+			add = append(add, slotVal{to + i, a})
 		}
 	}
 	return del, add
 }
 
-// assignSlots returns the wanted backends in slot order: a backend that is
-// wanted stays in its slot when that slot still exists; the other wanted
-// backends fill the free slots in order.
+// assignSlots returns the wanted backends in slot order. When the count
+// stays, a backend that is still wanted keeps its slot and the others
+// fill the free slots in order; otherwise the wanted order is the slot
+// order.
 func assignSlots(cur []netip.AddrPort, want []netip.AddrPort) []netip.AddrPort {
 	n := len(want)
 	if n == 0 {
 		return nil
 	}
-	if len(cur) == n && slices.Equal(cur, want) {
-		return cur
-	}
-	if len(cur) == 0 {
+	if len(cur) != n {
 		// Nothing to keep in place: the wanted order is the slot order.
 		// The list is shared, never changed (rulesets replace it).
 		return slices.Clip(want)
+	}
+	if slices.Equal(cur, want) {
+		return cur
 	}
 	wanted := make(map[netip.AddrPort]bool, n)
 	for _, a := range want {
@@ -371,7 +459,7 @@ func assignSlots(cur []netip.AddrPort, want []netip.AddrPort) []netip.AddrPort {
 	next := make([]netip.AddrPort, n)
 	placed := make(map[netip.AddrPort]bool, n)
 	for i, a := range cur {
-		if i < n && a.IsValid() && wanted[a] && !placed[a] {
+		if a.IsValid() && wanted[a] && !placed[a] {
 			next[i] = a
 			placed[a] = true
 		}
@@ -429,11 +517,14 @@ func (o *observed) apply(p *plan, want *Ruleset) *observed {
 	for _, d := range want.setDecls() {
 		o.sets[d.name] = true
 	}
-	for _, c := range p.newChains {
+	for _, c := range append(append([]chainDecl{}, p.newChains...), p.fixChains...) {
 		o.chains[c.name] = chainOK
+		if c.name == chainLB {
+			o.lb = c.counts
+		}
 	}
-	for _, c := range p.fixChains {
-		o.chains[c.name] = chainOK
+	if len(p.lbAdd)+len(p.lbDel) > 0 {
+		o.lb = subtractCounts(unionCounts(o.lb, p.lbAdd), p.lbDel)
 	}
 	for _, name := range p.dropChains {
 		delete(o.chains, name)

@@ -49,7 +49,7 @@ func describe(u unit) string {
 		s += fmt.Sprintf(" +%d=%s", a.slot, a.be)
 	}
 	if u.addVIP != nil {
-		s += " +vip>" + verdictFor(u.addVIP.n)
+		s += " +vip"
 	}
 	return s
 }
@@ -62,23 +62,26 @@ func TestPlanElementChanges(t *testing.T) {
 		plan []string
 	}{
 		{"no change", base, nil},
-		{"backend removed from the middle: the last moves into its slot",
+		// Three backends fill slots 3..5; two fill 1..2, four 6..9.
+		{"backend removed from the middle: the VIP moves to the slots of two",
 			ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.13:8080"), elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -vip -1 -2 +1=198.19.0.13:8080 +vip>lb2"}},
+			[]string{"198.18.0.1:80/tcp: -3 -4 -5 +1=198.19.0.11:8080 +2=198.19.0.13:8080"}},
 		{"last backend removed", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"), elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -vip -2 +vip>lb2"}},
+			[]string{"198.18.0.1:80/tcp: -3 -4 -5 +1=198.19.0.11:8080 +2=198.19.0.12:8080"}},
 		{"backend added", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080", "198.19.0.14:8080"), elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -vip +3=198.19.0.14:8080 +vip>lb4"}},
+			[]string{"198.18.0.1:80/tcp: -3 -4 -5 +6=198.19.0.11:8080 +7=198.19.0.12:8080 +8=198.19.0.13:8080 +9=198.19.0.14:8080"}},
 		{"backend replaced: same count, one slot", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.19:8080"), elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -2 +2=198.19.0.19:8080"}},
-		{"all backends gone (N->0)", ruleset(elem("198.18.0.1:80"), elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -vip -0 -1 -2 +vip>refuse"}},
+			[]string{"198.18.0.1:80/tcp: -5 +5=198.19.0.19:8080"}},
+		{"all backends gone (N->0): the element stays", ruleset(elem("198.18.0.1:80"), elem("198.18.0.2:80")),
+			[]string{"198.18.0.1:80/tcp: -3 -4 -5"}},
 		{"first backend (0->N)", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"), elem("198.18.0.2:80", "198.19.0.11:9090")),
-			[]string{"198.18.0.2:80/tcp: -vip +0=198.19.0.11:9090 +vip>lb1"}},
+			[]string{"198.18.0.2:80/tcp: +0=198.19.0.11:9090"}},
 		{"VIP deleted", ruleset(elem("198.18.0.2:80")),
-			[]string{"198.18.0.1:80/tcp: -vip -0 -1 -2"}},
+			[]string{"198.18.0.1:80/tcp: -vip -3 -4 -5"}},
 		{"VIP added", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"), elem("198.18.0.2:80"), elem("198.18.0.3:53", "198.19.0.11:53")),
-			[]string{"198.18.0.3:53/tcp: +0=198.19.0.11:53 +vip>lb1"}},
+			[]string{"198.18.0.3:53/tcp: +0=198.19.0.11:53 +vip"}},
+		{"comment changed", ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"), VIPElem{Key: key("198.18.0.2:80"), Comment: "other"}),
+			[]string{"198.18.0.2:80/tcp: -vip +vip"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := makePlan(programmed(base), tc.want)
@@ -89,8 +92,18 @@ func TestPlanElementChanges(t *testing.T) {
 			if !slices.Equal(got, tc.plan) {
 				t.Errorf("plan:\n%q\nwant:\n%q", got, tc.plan)
 			}
-			if p.rebuild || len(p.newSets) > 0 || len(p.fixChains) > 0 {
+			if p.rebuild || len(p.newSets) > 0 || len(p.newChains) > 0 || len(p.dropChains) > 0 {
 				t.Errorf("structural changes for an element change: %+v", p)
+			}
+			// Only chain lb changes, and only the rules of counts that
+			// come into use or go out of it.
+			if len(p.fixChains) > 0 {
+				t.Errorf("chains refilled: %v", p.fixChains)
+			}
+			for _, n := range append(slices.Clone(p.lbAdd), p.lbDel...) {
+				if slices.Contains(tc.want.LBCounts(), n) == slices.Contains(base.LBCounts(), n) {
+					t.Errorf("rule for %d added or deleted: add %v del %v", n, p.lbAdd, p.lbDel)
+				}
 			}
 			// After the plan, the observed state is the wanted one: planning
 			// again finds nothing to do.
@@ -104,22 +117,57 @@ func TestPlanElementChanges(t *testing.T) {
 
 func TestPlanChains(t *testing.T) {
 	base := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"))
-	// Going from lb2 to lb3 creates lb3 and drops lb2 once unused.
-	p := makePlan(programmed(base), ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080")))
-	if len(p.newChains) != 1 || p.newChains[0].name != "lb3" || !slices.Equal(p.dropChains, []string{"lb2"}) {
-		t.Errorf("new %v, drop %v", p.newChains, p.dropChains)
+	three := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"))
+	// Going from two backends to three: chain lb gains the rule for 3
+	// first (the rule for 2 stays: the VIP uses it until its slots move),
+	// and a full plan deletes the rule for 2 last.
+	p := makePlan(programmed(base), three)
+	if !slices.Equal(p.lbAdd, []int{3}) || !slices.Equal(p.lbDel, []int{2}) || len(p.fixChains)+len(p.newChains)+len(p.dropChains) != 0 {
+		t.Errorf("full plan 2->3: add %v del %v fix %v new %v drop %v", p.lbAdd, p.lbDel, p.fixChains, p.newChains, p.dropChains)
+	}
+	if c, d := p.chainChanges(); c != 1 || d != 0 {
+		t.Errorf("full plan 2->3: %d chain changes, %d dropped", c, d)
+	}
+	after := programmed(base).apply(p, three)
+	if !slices.Equal(after.lb, []int{3}) {
+		t.Errorf("after the full plan, lb has %v", after.lb)
+	}
+	// A delta keeps the rule for 2; going back to 2 changes no chain.
+	o := programmed(base)
+	p = &plan{}
+	p.structure(o, three, true)
+	if !slices.Equal(p.lbAdd, []int{3}) || len(p.lbDel) != 0 {
+		t.Errorf("delta plan 2->3: add %v del %v", p.lbAdd, p.lbDel)
+	}
+	o = o.apply(p, three)
+	p = &plan{}
+	p.structure(o, base, true)
+	if len(p.fixChains)+len(p.newChains)+len(p.lbAdd)+len(p.lbDel) != 0 {
+		t.Errorf("delta plan 3->2 with both rules: add %v del %v fix %v", p.lbAdd, p.lbDel, p.fixChains)
+	}
+	// The next full plan drops the unused rule: not drift.
+	p = makePlan(o, base)
+	if c, d := p.chainChanges(); len(p.lbAdd) != 0 || !slices.Equal(p.lbDel, []int{3}) || c != 1 || d != 1 {
+		t.Errorf("full plan with an unused count: add %v del %v, %d chain changes, %d dropped", p.lbAdd, p.lbDel, c, d)
 	}
 	// A chain with other rules is refilled, a missing one recreated, one of
-	// the wrong kind forces a rebuild.
-	o := programmed(base)
+	// the wrong kind forces a rebuild, one l4lb does not know is dropped.
+	o = programmed(base)
 	o.chains[chainOutput] = chainWrongRules
 	delete(o.chains, chainRefuse)
+	o.chains["lb7"] = chainOK
 	p = makePlan(o, base)
-	if len(p.fixChains) != 1 || p.fixChains[0].name != chainOutput || len(p.newChains) != 1 || p.newChains[0].name != chainRefuse || p.rebuild {
-		t.Errorf("fix %v new %v rebuild %v", p.fixChains, p.newChains, p.rebuild)
+	if len(p.fixChains) != 1 || p.fixChains[0].name != chainOutput || len(p.newChains) != 1 || p.newChains[0].name != chainRefuse ||
+		p.rebuild || !slices.Equal(p.dropChains, []string{"lb7"}) {
+		t.Errorf("fix %v new %v drop %v rebuild %v", p.fixChains, p.newChains, p.dropChains, p.rebuild)
 	}
 	o = programmed(base)
-	o.chains["lb2"] = chainWrongHook
+	o.chains[chainLB] = chainWrongRules
+	if p = makePlan(o, base); len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2}) || len(p.lbAdd)+len(p.lbDel) != 0 {
+		t.Errorf("lb with other rules: fix %v add %v del %v", p.fixChains, p.lbAdd, p.lbDel)
+	}
+	o = programmed(base)
+	o.chains[chainLB] = chainWrongHook
 	if p = makePlan(o, base); !p.rebuild || len(p.units) != 1 {
 		t.Errorf("wrong hook: rebuild %v, units %d", p.rebuild, len(p.units))
 	}
@@ -137,11 +185,13 @@ func TestPlanChains(t *testing.T) {
 
 func TestPlanStraysAndHoles(t *testing.T) {
 	base := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"))
-	// Read back: a hole (slot 0 deleted by hand) and a stray slot far away.
+	// Read back: a hole (the first of the two slots, 1, deleted by hand),
+	// a slot in the range of three backends, and a stray slot far away.
 	rd := newReader()
-	rd.vals[key("198.18.0.1:80")] = vipVal{n: 2, comment: "198.18.0.1:80"}
-	rd.setSlot(key("198.18.0.1:80"), 1, ap("198.19.0.12:8080"))
-	rd.setSlot(key("198.18.0.1:80"), 1<<20, ap("198.19.0.99:1"))
+	rd.elems[key("198.18.0.1:80")] = "198.18.0.1:80"
+	rd.setSlot(key("198.18.0.1:80"), 2, ap("198.19.0.12:8080"))
+	rd.setSlot(key("198.18.0.1:80"), 4, ap("198.19.0.13:8080"))
+	rd.setSlot(key("198.18.0.1:80"), 1<<40, ap("198.19.0.99:1"))
 	o := programmed(base)
 	rd.into(o)
 	p := makePlan(o, base)
@@ -149,7 +199,7 @@ func TestPlanStraysAndHoles(t *testing.T) {
 	for _, u := range p.units {
 		got = append(got, describe(u))
 	}
-	if !slices.Equal(got, []string{"198.18.0.1:80/tcp: +0=198.19.0.11:8080"}) || len(p.strays) != 1 {
+	if !slices.Equal(got, []string{"198.18.0.1:80/tcp: +1=198.19.0.11:8080"}) || len(p.strays) != 2 {
 		t.Errorf("units %q strays %v", got, p.strays)
 	}
 	// The same backends in another order change no element.
@@ -194,10 +244,19 @@ func TestWantedRoutes(t *testing.T) {
 	}
 }
 
-func TestVerdictCount(t *testing.T) {
-	for chain, n := range map[string]int{"refuse": 0, "lb1": 1, "lb12": 12, "lb0": -1, "lb03": -1, "lb": -1, "accept": -1, "lb-1": -1} {
-		if got := verdictCount(chain); got != n {
-			t.Errorf("verdictCount(%q) = %d, want %d", chain, got, n)
+func TestSlotCount(t *testing.T) {
+	for n := 1; n <= 400; n++ {
+		for i := range n {
+			if m, j := SlotCount(SlotBase(n) + i); m != n || j != i {
+				t.Fatalf("SlotCount(SlotBase(%d)+%d) = %d, %d", n, i, m, j)
+			}
+		}
+	}
+	last := SlotBase(MaxBackends + 1)
+	for slot, want := range map[int][2]int{-1: {0, 0}, 0: {1, 0}, 1: {2, 0}, 2: {2, 1}, 3: {3, 0}, 45: {10, 0}, 54: {10, 9},
+		last: {0, 0}, last - 1: {MaxBackends, MaxBackends - 1}, 1 << 40: {0, 0}} {
+		if n, i := SlotCount(slot); n != want[0] || i != want[1] {
+			t.Errorf("SlotCount(%d) = %d, %d; want %v", slot, n, i, want)
 		}
 	}
 }

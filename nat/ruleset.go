@@ -1,24 +1,29 @@
 // Package nat compiles the desired state into l4lb's nftables ruleset and
 // programs it into the kernel over netlink.
 //
-// The layout (DESIGN section 2) has no per-VIP chains or sets, so that the
-// per-packet cost and the cost of a change do not grow with the number of
-// VIPs:
+// The layout (DESIGN section 2) has no per-VIP chains or sets, and no
+// verdict in any large map, so that the per-packet cost and the cost of a
+// change do not grow with the number of VIPs:
 //
-//	map vips4 { type ipv4_addr . inet_proto . inet_service : verdict }   VIP -> goto lbN
+//	set vips4 { type ipv4_addr . inet_proto . inet_service }   VIP addresses, ports and protocols
 //	map be4   { typeof ip daddr . meta l4proto . th dport . numgen random mod 2 : ip daddr . th dport }
-//	chain lb3 { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @be4 }
+//	chain lb  { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 offset 3 map @be4 ... }
 //
-// One shared backend map is keyed by VIP, protocol, port and slot; one small
-// chain per backend count N is shared by every VIP with N active backends.
+// One shared backend map is keyed by VIP, protocol, port and slot. A VIP
+// with N active backends fills the slots SlotBase(N) .. SlotBase(N)+N-1,
+// so the slot ranges of different counts never overlap; chain lb has one
+// DNAT rule per backend count in use, and a packet falls through the rules
+// of other counts (their lookup misses) to the rule of its own, or to
+// refuse when it has no slot. A change of count is data elements only: no
+// verdict changes, so the kernel does not validate the table again.
 // Compile is pure; the kernel adapter lives in kernel.go.
 package nat
 
 import (
 	"hash/maphash"
+	"math"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/l4lb/l4lb/vip"
@@ -29,8 +34,8 @@ import (
 const (
 	DefaultTable = "l4lb"
 
-	mapVIPs4     = "vips4"
-	mapVIPs6     = "vips6"
+	setVIPs4     = "vips4"
+	setVIPs6     = "vips6"
 	mapBackends4 = "be4"
 	mapBackends6 = "be6"
 	setIPVIPs4   = "ipvips4"
@@ -42,7 +47,7 @@ const (
 	chainOutput      = "nat-output"
 	chainPostrouting = "nat-postrouting"
 	chainRefuse      = "refuse"
-	chainLBPrefix    = "lb"
+	chainLB          = "lb"
 )
 
 // MaxComment is the longest comment nftables accepts.
@@ -63,40 +68,44 @@ type Ruleset struct {
 	lbCounts []int  // cached LBCounts; nil: compute
 }
 
-// VIPElem is one VIP: its element in the VIP map, which jumps to lbN (or to
-// refuse when it has no active backend), and its N active backends, which
-// fill slots 0..N-1 of the backend map.
+// VIPElem is one VIP: its element in the VIP set, and its N active
+// backends, which fill slots SlotBase(N) .. SlotBase(N)+N-1 of the backend
+// map (none: chain lb finds no slot and refuses).
 type VIPElem struct {
 	Key      vip.Key
 	Comment  string
-	Backends []netip.AddrPort // slot i holds Backends[i]
+	Backends []netip.AddrPort // slot SlotBase(N)+i holds Backends[i]
 	sum      uint64           // fingerprint of Comment and Backends, set by Sort
 }
 
-// Verdict is the chain the element jumps to.
-func (e VIPElem) Verdict() string { return verdictFor(len(e.Backends)) }
+// MaxBackends bounds the backend count l4lb reads back from slots: a slot
+// beyond SlotBase(MaxBackends+1) can only be a stray (written by hand).
+const MaxBackends = 1 << 16
 
-func verdictFor(n int) string {
-	if n == 0 {
-		return chainRefuse
+// SlotBase is the first backend-map slot of a VIP with n active backends:
+// n(n-1)/2, the offset of numgen in chain lb's rule for n. The ranges of
+// the counts 1, 2, 3, ... are [0], [1,2], [3,5], ...: they never overlap.
+func SlotBase(n int) int { return n * (n - 1) / 2 }
+
+// SlotCount is the inverse of SlotBase: the backend count whose range holds
+// the slot, and the slot's index in it; n is 0 for a slot outside every
+// range up to MaxBackends.
+func SlotCount(slot int) (n, i int) {
+	if slot < 0 || slot >= SlotBase(MaxBackends+1) {
+		return 0, 0
 	}
-	return lbChain(n)
+	n = int((1 + math.Sqrt(1+8*float64(slot))) / 2)
+	for n > 1 && SlotBase(n) > slot {
+		n--
+	}
+	for SlotBase(n+1) <= slot {
+		n++
+	}
+	return n, slot - SlotBase(n)
 }
 
-// verdictCount is the inverse of verdictFor: the backend count a chain name
-// stands for, or -1 for anything that is not refuse or lbN.
-func verdictCount(chain string) int {
-	if chain == chainRefuse {
-		return 0
-	}
-	if n, err := strconv.Atoi(strings.TrimPrefix(chain, chainLBPrefix)); err == nil && n > 0 &&
-		strings.HasPrefix(chain, chainLBPrefix) && lbChain(n) == chain {
-		return n
-	}
-	return -1
-}
-
-// BackendElem is one active backend of a VIP in a slot of the backend map.
+// BackendElem is one active backend of a VIP in a slot of the backend map
+// (the slot as the map's key holds it: SlotBase(N) + index).
 type BackendElem struct {
 	VIP     vip.Key
 	Slot    int
@@ -108,13 +117,11 @@ func (r *Ruleset) Backends() []BackendElem {
 	var out []BackendElem
 	for _, v := range r.VIPs {
 		for i, b := range v.Backends {
-			out = append(out, BackendElem{VIP: v.Key, Slot: i, Backend: b})
+			out = append(out, BackendElem{VIP: v.Key, Slot: SlotBase(len(v.Backends)) + i, Backend: b})
 		}
 	}
 	return out
 }
-
-func lbChain(n int) string { return chainLBPrefix + strconv.Itoa(n) }
 
 // Compile turns the desired state into the ruleset. Active backends take
 // slots 0..N-1 in address order.
@@ -238,8 +245,8 @@ func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
 	return out
 }
 
-// LBCounts returns the distinct backend counts in use: the lbN chains the
-// ruleset needs.
+// LBCounts returns the distinct backend counts in use, ascending: the DNAT
+// rules chain lb needs.
 func (r *Ruleset) LBCounts() []int {
 	if r.lbCounts != nil {
 		return r.lbCounts

@@ -9,25 +9,24 @@ import (
 )
 
 // Snapshot is l4lb's table as the kernel holds it, decoded for an operator
-// (l4lb explain): what each VIP element says, which backend fills which
+// (l4lb explain): which VIP elements there are, which backend fills which
 // slot, which addresses are refused, and the text of every rule. Kernel's
 // Snapshot reads it; it is plain data.
 type Snapshot struct {
 	Table  string
-	Exists bool                         // the table is in the kernel
-	Pools  []netip.Prefix               // prefixes the hooked chains refuse (the VIP pools)
-	IPVIPs []netip.Addr                 // addresses of ipvips4/ipvips6: every other port refused
-	VIPs   map[vip.Key]SnapVIP          // elements of vips4/vips6
-	Slots  map[vip.Key][]netip.AddrPort // backend map: slot i at index i (invalid where missing)
-	Chains map[string][]SnapRule        // rules of each chain of the table, in order
-	Hooks  map[string]string            // hook of each base chain ("output", ...)
+	Exists bool                               // the table is in the kernel
+	Pools  []netip.Prefix                     // prefixes the hooked chains refuse (the VIP pools)
+	IPVIPs []netip.Addr                       // addresses of ipvips4/ipvips6: every other port refused
+	VIPs   map[vip.Key]SnapVIP                // elements of vips4/vips6
+	Slots  map[vip.Key]map[int]netip.AddrPort // backend map: slot (as the map's key holds it) -> backend
+	Chains map[string][]SnapRule              // rules of each chain of the table, in order
+	Hooks  map[string]string                  // hook of each base chain ("output", ...)
 }
 
-// SnapVIP is one element of a VIP map.
+// SnapVIP is one element of a VIP set.
 type SnapVIP struct {
-	Map     string // vips4 or vips6
+	Set     string // vips4 or vips6
 	Comment string
-	Chain   string // the chain it jumps to (goto), or a "(verdict N)" marker
 }
 
 // SnapRule is one rule of a chain: its handle and its nft text.
@@ -36,14 +35,52 @@ type SnapRule struct {
 	Text   string
 }
 
-// Element returns the VIP map's element for k, and the text nft would
-// list it with.
+// Element returns the VIP set's element for k, and the text nft would
+// list it with (without its comment).
 func (s *Snapshot) Element(k vip.Key) (SnapVIP, string, bool) {
 	e, ok := s.VIPs[k]
 	if !ok {
 		return SnapVIP{}, "", false
 	}
-	return e, fmt.Sprintf("%s . %s . %d : goto %s", k.Addr, k.Proto, k.Port, e.Chain), true
+	return e, fmt.Sprintf("%s . %s . %d", k.Addr, k.Proto, k.Port), true
+}
+
+// Count says which backend count the kernel's slots give the VIP k: that
+// of the slot range holding most of them (0 when it has none), with the
+// backend in each slot of that range (invalid where missing). Strays are
+// its slots outside that range, sorted.
+func (s *Snapshot) Count(k vip.Key) (n int, slots []netip.AddrPort, strays []int) {
+	per := map[int]int{}
+	for slot := range s.Slots[k] {
+		if m, _ := SlotCount(slot); m > 0 {
+			per[m]++
+			if per[m] > per[n] || (per[m] == per[n] && m < n) {
+				n = m
+			}
+		}
+	}
+	slots = make([]netip.AddrPort, n)
+	for slot, be := range s.Slots[k] {
+		if m, i := SlotCount(slot); m == n && n > 0 {
+			slots[i] = be
+		} else {
+			strays = append(strays, slot)
+		}
+	}
+	slices.Sort(strays)
+	return n, slots, strays
+}
+
+// LBRule returns the handle and text of chain lb's rule for VIPs of a's
+// family with n backends, when the chain has it.
+func (s *Snapshot) LBRule(a netip.Addr, n int) (SnapRule, bool) {
+	want := DNATRuleText(a, n)
+	for _, r := range s.Chains[chainLB] {
+		if r.Text == want {
+			return r, true
+		}
+	}
+	return SnapRule{}, false
 }
 
 // Refuses reports why the hooked chains refuse traffic to a, when no VIP
@@ -86,6 +123,9 @@ func BackendMap(a netip.Addr) string {
 // RefuseChain is the chain that rejects traffic l4lb refuses.
 const RefuseChain = chainRefuse
 
+// LBChain is the chain that DNATs a VIP's new connections.
+const LBChain = chainLB
+
 // knownRules returns the rules l4lb writes into a chain of that name, given
 // the pools the hooked chains refuse, with their texts.
 func knownRules(chain string, pools []netip.Prefix) ([]rule, bool) {
@@ -101,9 +141,6 @@ func knownRules(chain string, pools []netip.Prefix) ([]rule, bool) {
 		if c.name == chain {
 			return c.rules, true
 		}
-	}
-	if n := verdictCount(chain); n > 0 {
-		return lbChainDecl(n).rules, true
 	}
 	return nil, false
 }

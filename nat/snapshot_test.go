@@ -31,14 +31,18 @@ func TestSnapshot(t *testing.T) {
 	}
 	for _, v := range r.VIPs {
 		e, text, ok := s.Element(v.Key)
-		if !ok || e.Comment != v.Comment || e.Chain != v.Verdict() {
-			t.Errorf("element %v = %+v %v, want comment %q chain %s", v.Key, e, ok, v.Comment, v.Verdict())
+		if !ok || e.Comment != v.Comment || e.Set != pick(v.Key.Addr, setVIPs4, setVIPs6) {
+			t.Errorf("element %v = %+v %v, want comment %q", v.Key, e, ok, v.Comment)
 		}
-		if !strings.HasSuffix(text, ": goto "+v.Verdict()) {
-			t.Errorf("element text %q", text)
+		if want := keyText(v.Key); text != want {
+			t.Errorf("element text %q, want %q", text, want)
 		}
-		if got := s.Slots[v.Key]; !slices.Equal(got, v.Backends) {
-			t.Errorf("slots of %v = %v, want %v", v.Key, got, v.Backends)
+		n, slots, strays := s.Count(v.Key)
+		if n != len(v.Backends) || !slices.Equal(slots, v.Backends) || len(strays) > 0 || len(s.Slots[v.Key]) != n {
+			t.Errorf("slots of %v = %d %v %v, want %v", v.Key, n, slots, strays, v.Backends)
+		}
+		if rl, ok := s.LBRule(v.Key.Addr, n); n > 0 && (!ok || rl.Text != DNATRuleText(v.Key.Addr, n)) {
+			t.Errorf("lb rule for %d backends of %v: %+v %v", n, v.Key, rl, ok)
 		}
 	}
 	if !slices.Equal(s.Pools, []netip.Prefix{testPool4, testPool6}) && !slices.Equal(s.Pools, []netip.Prefix{r.Pool4, r.Pool6}) {
@@ -137,7 +141,7 @@ func TestDecodeRefusePrefix(t *testing.T) {
 			t.Errorf("decode %s = %s %v", p, got, ok)
 		}
 	}
-	for _, r := range []rule{lookupRule(false, mapVIPs4), refuseSetRule(true, setIPVIPs6), dnatRule(false, 2, mapBackends4), hairpinRule(false, setHairpin4)} {
+	for _, r := range []rule{lookupRule(false, setVIPs4), refuseSetRule(true, setIPVIPs6), dnatRule(false, 2, mapBackends4), hairpinRule(false, setHairpin4)} {
 		if p, ok := decodeRefusePrefix(k.ruleExprs(r, nil)); ok {
 			t.Errorf("rule %q decoded as prefix %s", r.text, p)
 		}

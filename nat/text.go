@@ -58,8 +58,8 @@ func (r *Ruleset) WriteText(w io.Writer) error {
 	p("}\n")
 
 	v4, v6 := splitVIPs(r.VIPs)
-	writeElems(bw, r.Table, mapVIPs4, len(v4), func(i int) string { return vipElemText(v4[i]) })
-	writeElems(bw, r.Table, mapVIPs6, len(v6), func(i int) string { return vipElemText(v6[i]) })
+	writeElems(bw, r.Table, setVIPs4, len(v4), func(i int) string { return vipElemText(v4[i]) })
+	writeElems(bw, r.Table, setVIPs6, len(v6), func(i int) string { return vipElemText(v6[i]) })
 	b4, b6 := splitBackends(backends)
 	writeElems(bw, r.Table, mapBackends4, len(b4), func(i int) string { return backendElemText(b4[i]) })
 	writeElems(bw, r.Table, mapBackends6, len(b6), func(i int) string { return backendElemText(b6[i]) })
@@ -92,7 +92,7 @@ func keyText(k vip.Key) string {
 }
 
 func vipElemText(e VIPElem) string {
-	return fmt.Sprintf("%s comment %s : goto %s", keyText(e.Key), strconv.Quote(e.Comment), e.Verdict())
+	return fmt.Sprintf("%s comment %s", keyText(e.Key), strconv.Quote(e.Comment))
 }
 
 func backendElemText(e BackendElem) string {

@@ -40,7 +40,7 @@ func TestLayoutsCarryTraffic(t *testing.T) {
 		witness []string // command whose output must contain want
 		want    string
 	}{
-		{NFT{}, []string{"nft", "list", "map", "inet", "l4lb", "vips4"}, "probe.marathon.l4lb.thisdcos.directory:80/tcp"},
+		{NFT{}, []string{"nft", "list", "set", "inet", "l4lb", "vips4"}, "probe.marathon.l4lb.thisdcos.directory:80/tcp"},
 		{KubeNFT{Kube: k}, []string{"nft", "list", "table", "ip", "kube-proxy"}, "/probe/tcp/p80"},
 		{KubeIPTables{Kube: k, Middle: "probe"}, []string{"iptables-save", "-t", "nat"}, `"bench/probe:p80 cluster IP"`},
 	} {

@@ -120,7 +120,7 @@ func TestExplain(t *testing.T) {
 		return netip.AddrPort{}
 	}
 	web := addrOf("web.marathon.l4lb.thisdcos.directory:80", "tcp")
-	nft, err := agent.Run("nft", "list", "map", "inet", "l4lb", "vips4")
+	nft, err := agent.Run("nft", "list", "set", "inet", "l4lb", "vips4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,10 +147,15 @@ func TestExplain(t *testing.T) {
 			t.Fatalf("report %+v", r)
 		}
 		e := r.Entries[0]
-		if e.Element == nil || e.Element.Chain != "lb2" || e.Element.Map != "vips4" ||
-			!strings.Contains(nft, fmt.Sprintf("%s . tcp . 80 comment %q : goto lb2", web.Addr(), e.Element.Comment)) ||
-			e.Element.Text != fmt.Sprintf("%s . tcp . 80 : goto lb2", web.Addr()) {
+		if e.Element == nil || e.Element.Set != "vips4" || e.Chain != "lb" || e.Count != 2 ||
+			!strings.Contains(nft, fmt.Sprintf("%s . tcp . 80 comment %q", web.Addr(), e.Element.Comment)) ||
+			e.Element.Text != fmt.Sprintf("%s . tcp . 80", web.Addr()) {
 			t.Errorf("element %+v; nft lists:\n%s", e.Element, nft)
+		}
+		// The rule explain names is in chain lb as nft lists it.
+		if lb, _ := agent.Run("nft", "list", "chain", "inet", "l4lb", "lb"); len(e.Rules) != 1 || !strings.Contains(lb, e.Rules[0]) ||
+			e.Rules[0] != "dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @be4" {
+			t.Errorf("rules %q; chain lb:\n%s", e.Rules, lb)
 		}
 		if len(e.Apps) != 1 || e.Apps[0] != "/web" || len(e.Warnings) > 0 {
 			t.Errorf("apps %v warnings %v", e.Apps, e.Warnings)
@@ -255,7 +260,7 @@ func TestExplain(t *testing.T) {
 		six := addrOf("six.marathon.l4lb.thisdcos.directory:84", "tcp")
 		out, code := runExplain(t, agent, "six:84")
 		t.Logf("explain six:84:\n%s", out)
-		if code != 0 || !strings.Contains(out, "map vips6") || !strings.Contains(out, "be6[1]") ||
+		if code != 0 || !strings.Contains(out, "set vips6") || !strings.Contains(out, "be6[1]") ||
 			!strings.Contains(out, six.Addr().String()) {
 			t.Errorf("exit %d:\n%s", code, out)
 		}
@@ -276,8 +281,8 @@ func TestExplain(t *testing.T) {
 		}
 		for _, want := range []string{
 			"output: l4lb explain-trace-", "tcp sport", "meta nftrace set 1 (verdict continue)",
-			"output: l4lb nat-output: rule ip daddr . meta l4proto . th dport vmap @vips4 (verdict goto lb2)",
-			"output: l4lb lb2: rule dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @be4 (verdict accept)",
+			"output: l4lb nat-output: rule ip daddr . meta l4proto . th dport @vips4 goto lb (verdict goto lb)",
+			"output: l4lb lb: rule dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 offset 1 map @be4 (verdict accept)",
 			"postrouting: l4lb nat-postrouting: policy accept",
 			"DNAT target: 198.19.0.1", "connected to " + web.String(),
 		} {
@@ -294,13 +299,14 @@ func TestExplain(t *testing.T) {
 		for _, ev := range tr.Events {
 			chains = append(chains, ev.Chain+":"+ev.Verdict)
 		}
-		if !strings.Contains(strings.Join(chains, " "), "nat-output:goto refuse refuse:drop") || tr.DNAT != "" ||
+		if !strings.Contains(strings.Join(chains, " "), "nat-output:goto lb lb:goto refuse refuse:drop") || tr.DNAT != "" ||
 			!strings.Contains(tr.Result, "refused") {
 			t.Errorf("trace of the empty VIP: %v, DNAT %q, result %q", chains, tr.DNAT, tr.Result)
 		}
 		out, code = runExplain(t, agent, "six:84", "--trace")
 		t.Logf("explain six:84 --trace:\n%s", out)
-		if code != 0 || !strings.Contains(out, "vmap @vips6 (verdict goto lb2)") || !strings.Contains(out, "DNAT target: [fd00:198:19::") {
+		if code != 0 || !strings.Contains(out, "@vips6 goto lb (verdict goto lb)") || !strings.Contains(out, "mod 2 offset 1 map @be6 (verdict accept)") ||
+			!strings.Contains(out, "DNAT target: [fd00:198:19::") {
 			t.Errorf("IPv6 trace: exit %d", code)
 		}
 		// An unknown port: the pool's refusal, then the refuse chain.

@@ -234,7 +234,7 @@ func TestMarathonEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "drift repaired at a resync", func() bool {
-		out, _ := agent.Run("nft", "list", "map", "inet", "l4lb", "vips4")
+		out, _ := agent.Run("nft", "list", "set", "inet", "l4lb", "vips4")
 		return strings.Contains(out, addr.Addr().String())
 	})
 
