@@ -143,11 +143,11 @@ func (c *Compiler) Update(s vip.State, ch vip.Change) *Ruleset {
 			delete(c.counts, n)
 		}
 	}
-	r.lbCounts = []int{}
+	inUse := make(map[int]bool, len(c.counts))
 	for n := range c.counts {
-		r.lbCounts = append(r.lbCounts, n)
+		inUse[n] = true
 	}
-	slices.Sort(r.lbCounts)
+	r.lbCounts = lbCounts(inUse)
 	r.delta = d
 	c.rs = r
 	return r

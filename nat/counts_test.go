@@ -13,19 +13,20 @@ import (
 	"github.com/l4lb/l4lb/vip"
 )
 
-// TestTrafficManyCounts carries real TCP and UDP through VIPs of 1, 2, 3
-// and 10 backends in one table (one DNAT rule per count in chain lb, one
+// TestTrafficManyCounts carries real TCP and UDP through VIPs of 1, 2, 3,
+// 10 and 17 backends in one table (one DNAT rule per count in chain lb: the
+// standing counts 1 to StandingCounts and the larger ones in use; one
 // shared backend map), changes counts as deltas while the other VIPs keep
 // serving, takes a VIP to zero and back, and checks after each step that
 // every VIP spreads over exactly its backends or is refused at once.
 func TestTrafficManyCounts(t *testing.T) {
 	topo := netns.TopologyForTest(t, "l4nc", 3, 1, "nft")
 	agent, ctr := topo.Agent.NS, topo.Containers[0].NS
-	// 12 endpoints per family: ports 9001..9004 on each of 3 hosts.
+	// 18 endpoints per family: ports 9001..9006 on each of 3 hosts.
 	var eps4, eps6 []netip.AddrPort
 	names := map[netip.AddrPort]string{}
 	for i, h := range topo.Backends {
-		for port := uint16(9001); port <= 9004; port++ {
+		for port := uint16(9001); port <= 9006; port++ {
 			for _, a := range []netip.Addr{h.Addr4, h.Addr6} {
 				ap := netip.AddrPortFrom(a, port)
 				name := fmt.Sprintf("b%d:%d", i+1, port)
@@ -56,7 +57,7 @@ func TestTrafficManyCounts(t *testing.T) {
 		mk("198.18.10.2", vip.TCP, eps4[1:3]),
 		mk("198.18.10.2", vip.UDP, eps4[1:3]),
 		mk("198.18.10.3", vip.TCP, eps4[3:6]),
-		mk("198.18.10.10", vip.TCP, eps4[:10]),
+		mk("198.18.10.10", vip.TCP, eps4[:17]),
 		mk("fd00:198:18::10:3", vip.TCP, eps6[:3]),
 		mk("fd00:198:18::10:10", vip.UDP, eps6[2:12]),
 	}}
@@ -154,10 +155,15 @@ func TestTrafficManyCounts(t *testing.T) {
 		}
 		return rules
 	}
-	wantLB := func(step string, counts ...int) {
+	// wantLB checks chain lb: the standing counts and the larger ones.
+	wantLB := func(step string, larger ...int) {
 		t.Helper()
+		var counts []int
+		for n := 1; n <= StandingCounts; n++ {
+			counts = append(counts, n)
+		}
 		var want []string
-		for _, r := range lbChainDecl(counts).rules {
+		for _, r := range lbChainDecl(append(counts, larger...)).rules {
 			want = append(want, r.text)
 		}
 		if got := lbRules(); !slices.Equal(got, want) {
@@ -165,7 +171,7 @@ func TestTrafficManyCounts(t *testing.T) {
 		}
 	}
 
-	wantLB("start", 1, 2, 3, 10)
+	wantLB("start", 17)
 	check("start")
 
 	// 3 -> 2 backends, a count in use: data elements only, no chain.
@@ -174,33 +180,36 @@ func TestTrafficManyCounts(t *testing.T) {
 		t.Errorf("3 -> 2 backends: %+v, want 3 slots out, 2 in, no chain", res)
 	}
 	check("3 -> 2")
-	// 2 -> 4 backends, a new count: chain lb gains its rule in the same
-	// batch; the rule for 3 stays (the IPv6 VIP uses it).
+	// 2 -> 4 backends, a standing count no VIP used: data elements only.
 	res = set(3, eps4[3:7])
-	if res.Chains != 1 || res.Batches != 1 {
-		t.Errorf("2 -> 4 backends: %+v, want one batch adding its rules to chain lb", res)
+	if res.Chains != 0 || res.Batches != 1 {
+		t.Errorf("2 -> 4 backends: %+v, want data elements only", res)
 	}
-	wantLB("2 -> 4", 1, 2, 3, 4, 10)
+	wantLB("2 -> 4", 17)
 	check("2 -> 4")
-	// 10 -> 11, a count larger than all: its IPv4 rule goes before the
-	// first IPv6 rule, its IPv6 rule before goto refuse.
-	if res := set(4, eps4[:11]); res.Chains != 1 {
-		t.Errorf("10 -> 11 backends: %+v", res)
+	// 17 -> 18, a count larger than all: chain lb gains its rules in the
+	// same batch, its IPv4 rule before the first IPv6 rule, its IPv6 rule
+	// before goto refuse; the rule for 17, now unused, stays until a full
+	// apply.
+	if res := set(4, eps4[:18]); res.Chains != 1 || res.Batches != 1 {
+		t.Errorf("17 -> 18 backends: %+v, want one batch adding its rules to chain lb", res)
 	}
-	wantLB("10 -> 11", 1, 2, 3, 4, 10, 11)
-	// The VIP of 1 backend goes to 10: its rule stays until a full apply.
+	wantLB("17 -> 18", 17, 18)
+	check("17 -> 18")
+	// The VIP of 1 backend goes to 10.
 	set(0, eps4[2:12])
 	// Both VIPs of 2 backends go to zero: refused at once, the others serve.
 	set(1, nil)
 	set(2, nil)
 	check("to zero")
-	wantLB("to zero", 1, 2, 3, 4, 10, 11)
+	wantLB("to zero", 17, 18)
 	// ... and back.
 	set(1, eps4[7:9])
 	set(2, eps4[7:9])
 	check("back from zero")
 
-	// A full apply (resync) drops the rule for 1, which no VIP uses: not drift.
+	// A full apply (resync) drops the rule for 17, which no VIP uses (a
+	// standing count's rule stays, used or not): not drift.
 	res, err := k.Apply(ctx, c.Full(s), true)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +217,7 @@ func TestTrafficManyCounts(t *testing.T) {
 	if res.Dropped != 1 || res.Chains != 1 || res.Elements != 0 || res.Drift() {
 		t.Errorf("full apply after the deltas: %+v, want only the unused rule dropped", res)
 	}
-	wantLB("after the full apply", 2, 3, 4, 10, 11)
+	wantLB("after the full apply", 18)
 	check("after the full apply")
 	if res, err := k.Apply(ctx, c.Full(s), true); err != nil || res.Changed() {
 		t.Errorf("second full apply: %+v %v, want no change", res, err)

@@ -115,39 +115,64 @@ func TestPlanElementChanges(t *testing.T) {
 	}
 }
 
+// backendsN is n backend addresses for elem.
+func backendsN(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("198.19.0.%d:8080", 11+i))
+	}
+	return out
+}
+
+// standingPlus is chain lb's counts: the standing ones and the larger.
+func standingPlus(larger ...int) []int {
+	var out []int
+	for n := 1; n <= StandingCounts; n++ {
+		out = append(out, n)
+	}
+	return append(out, larger...)
+}
+
 func TestPlanChains(t *testing.T) {
-	base := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080"))
-	three := ruleset(elem("198.18.0.1:80", "198.19.0.11:8080", "198.19.0.12:8080", "198.19.0.13:8080"))
-	// Going from two backends to three: chain lb gains the rule for 3
-	// first (the rule for 2 stays: the VIP uses it until its slots move),
-	// and a full plan deletes the rule for 2 last.
-	p := makePlan(programmed(base), three)
-	if !slices.Equal(p.lbAdd, []int{3}) || !slices.Equal(p.lbDel, []int{2}) || len(p.fixChains)+len(p.newChains)+len(p.dropChains) != 0 {
-		t.Errorf("full plan 2->3: add %v del %v fix %v new %v drop %v", p.lbAdd, p.lbDel, p.fixChains, p.newChains, p.dropChains)
+	base := ruleset(elem("198.18.0.1:80", backendsN(StandingCounts+1)...))
+	more := ruleset(elem("198.18.0.1:80", backendsN(StandingCounts+2)...))
+	m, n := StandingCounts+1, StandingCounts+2
+	// A standing count (1 to StandingCounts) never adds a rule to chain lb.
+	for _, k := range []int{1, 2, StandingCounts} {
+		if p := makePlan(programmed(base), ruleset(elem("198.18.0.1:80", backendsN(k)...))); len(p.lbAdd) != 0 {
+			t.Errorf("full plan %d->%d: add %v del %v", m, k, p.lbAdd, p.lbDel)
+		}
+	}
+	// Going from m backends to n, both beyond the standing counts: chain
+	// lb gains the rule for n first (the rule for m stays: the VIP uses it
+	// until its slots move), and a full plan deletes the rule for m last.
+	p := makePlan(programmed(base), more)
+	if !slices.Equal(p.lbAdd, []int{n}) || !slices.Equal(p.lbDel, []int{m}) || len(p.fixChains)+len(p.newChains)+len(p.dropChains) != 0 {
+		t.Errorf("full plan m->n: add %v del %v fix %v new %v drop %v", p.lbAdd, p.lbDel, p.fixChains, p.newChains, p.dropChains)
 	}
 	if c, d := p.chainChanges(); c != 1 || d != 0 {
-		t.Errorf("full plan 2->3: %d chain changes, %d dropped", c, d)
+		t.Errorf("full plan m->n: %d chain changes, %d dropped", c, d)
 	}
-	after := programmed(base).apply(p, three)
-	if !slices.Equal(after.lb, []int{3}) {
+	after := programmed(base).apply(p, more)
+	if !slices.Equal(after.lb, standingPlus(n)) {
 		t.Errorf("after the full plan, lb has %v", after.lb)
 	}
-	// A delta keeps the rule for 2; going back to 2 changes no chain.
+	// A delta keeps the rule for m; going back to m changes no chain.
 	o := programmed(base)
 	p = &plan{}
-	p.structure(o, three, true)
-	if !slices.Equal(p.lbAdd, []int{3}) || len(p.lbDel) != 0 {
-		t.Errorf("delta plan 2->3: add %v del %v", p.lbAdd, p.lbDel)
+	p.structure(o, more, true)
+	if !slices.Equal(p.lbAdd, []int{n}) || len(p.lbDel) != 0 {
+		t.Errorf("delta plan m->n: add %v del %v", p.lbAdd, p.lbDel)
 	}
-	o = o.apply(p, three)
+	o = o.apply(p, more)
 	p = &plan{}
 	p.structure(o, base, true)
 	if len(p.fixChains)+len(p.newChains)+len(p.lbAdd)+len(p.lbDel) != 0 {
-		t.Errorf("delta plan 3->2 with both rules: add %v del %v fix %v", p.lbAdd, p.lbDel, p.fixChains)
+		t.Errorf("delta plan n->m with both rules: add %v del %v fix %v", p.lbAdd, p.lbDel, p.fixChains)
 	}
 	// The next full plan drops the unused rule: not drift.
 	p = makePlan(o, base)
-	if c, d := p.chainChanges(); len(p.lbAdd) != 0 || !slices.Equal(p.lbDel, []int{3}) || c != 1 || d != 1 {
+	if c, d := p.chainChanges(); len(p.lbAdd) != 0 || !slices.Equal(p.lbDel, []int{n}) || c != 1 || d != 1 {
 		t.Errorf("full plan with an unused count: add %v del %v, %d chain changes, %d dropped", p.lbAdd, p.lbDel, c, d)
 	}
 	// A chain with other rules is refilled, a missing one recreated, one of
@@ -163,7 +188,7 @@ func TestPlanChains(t *testing.T) {
 	}
 	o = programmed(base)
 	o.chains[chainLB] = chainWrongRules
-	if p = makePlan(o, base); len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, []int{2}) || len(p.lbAdd)+len(p.lbDel) != 0 {
+	if p = makePlan(o, base); len(p.fixChains) != 1 || !slices.Equal(p.fixChains[0].counts, standingPlus(m)) || len(p.lbAdd)+len(p.lbDel) != 0 {
 		t.Errorf("lb with other rules: fix %v add %v del %v", p.fixChains, p.lbAdd, p.lbDel)
 	}
 	o = programmed(base)
