@@ -76,9 +76,9 @@ func (d *dnsListenFlag) Set(v string) error {
 }
 
 // resyncMaxFactor bounds how long changes may postpone the full resync, in
-// --resync periods: a full read-back of the table takes about a second at
-// 50,000 VIPs and changes wait for it, so under constant churn it runs
-// every 10 periods (5 minutes at the default) rather than every period.
+// --resync periods: a full read-back of the table takes seconds at 50,000
+// VIPs and changes wait for it, so under constant churn it runs every 10
+// periods (5 minutes at the default) rather than every period.
 const resyncMaxFactor = 10
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {

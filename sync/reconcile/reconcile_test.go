@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/l4lb/l4lb/localnet"
 	"github.com/l4lb/l4lb/nat"
 	"github.com/l4lb/l4lb/nat/forward"
+	"github.com/l4lb/l4lb/sync/runner"
 	"github.com/l4lb/l4lb/sync/source"
 	"github.com/l4lb/l4lb/vip"
 )
@@ -544,4 +547,54 @@ func TestAfterListFollowsFullLists(t *testing.T) {
 	if calls != 2 {
 		t.Errorf("after a second list: %d calls, want 2", calls)
 	}
+}
+
+// slowReadBack is the fake kernel with a read-back that takes 10 s.
+type slowReadBack struct {
+	*nat.Fake
+	mu    sync.Mutex
+	fulls []time.Time
+}
+
+func (s *slowReadBack) Apply(ctx context.Context, r *nat.Ruleset, full bool) (nat.Result, error) {
+	if full {
+		time.Sleep(10 * time.Second)
+		s.mu.Lock()
+		s.fulls = append(s.fulls, time.Now())
+		s.mu.Unlock()
+	}
+	return s.Fake.Apply(ctx, r, full)
+}
+
+// A resync reads the kernel back only when 20 times the last read-back's
+// duration has passed: with a read-back of 10 s and --resync 30s, every
+// 200 s or so, and never twice within 200 s.
+func TestResyncReadBackSpacing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &fakeSource{}
+		k := &slowReadBack{Fake: nat.NewFake()}
+		r := New(Config{
+			Sources: []source.Source{src},
+			NAT:     k,
+			Model:   vip.Config{Pool4: netip.MustParsePrefix("198.18.0.0/16")},
+		})
+		src.attach(r, 0)
+		src.set(oneApp, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		go func() { done <- r.Run(ctx, runner.Options{Resync: 30 * time.Second}) }()
+		time.Sleep(1000 * time.Second)
+		cancel()
+		<-done
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if len(k.fulls) < 4 || len(k.fulls) > 6 {
+			t.Errorf("%d read-backs in 1000 s, want one at start and then one every 200 to 250 s: %v", len(k.fulls), k.fulls)
+		}
+		for i := 1; i < len(k.fulls); i++ {
+			if gap := k.fulls[i].Sub(k.fulls[i-1]); gap < 200*time.Second {
+				t.Errorf("read-backs %d and %d only %s apart", i-1, i, gap)
+			}
+		}
+	})
 }
