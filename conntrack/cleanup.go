@@ -53,6 +53,14 @@ type Result struct {
 	Dump, Select, Delete time.Duration // time spent listing, choosing, deleting
 }
 
+// PortLister is an Interface that can narrow a listing to backends'
+// ports, not only their addresses (Kernel).
+type PortLister interface {
+	// FlowsOf returns the DNATed flows whose reply comes from one of the
+	// backends, in its protocol.
+	FlowsOf(ctx context.Context, backends []Suspect) ([]Flow, error)
+}
+
 // Cleanup lists the flows (only the suspects' when opts.Suspects is set),
 // chooses the stale ones with Stale and deletes them. Call it right after
 // the ruleset that stopped sending new flows to those backends is in the
@@ -64,6 +72,8 @@ func Cleanup(ctx context.Context, k Interface, s vip.State, opts Options) (Resul
 	var err error
 	if r.Full {
 		flows, err = k.Flows(ctx)
+	} else if pl, ok := k.(PortLister); ok && len(opts.Backends) > 0 {
+		flows, err = pl.FlowsOf(ctx, opts.Backends)
 	} else {
 		flows, err = k.FlowsFrom(ctx, opts.Suspects)
 	}
@@ -106,13 +116,15 @@ type Cleaner struct {
 	started  bool
 	full     bool
 	suspects map[netip.Addr]bool
+	backends map[Suspect]bool // the suspects' backends, when every pass since the last good one knew them
+	precise  bool             // backends holds every suspect
 	former   map[netip.Addr]bool
 }
 
 // NewCleaner returns a Cleaner over k; metrics may be nil.
 func NewCleaner(k Interface, flushUnhealthy bool, metrics *Metrics) *Cleaner {
-	return &Cleaner{k: k, flush: flushUnhealthy, metrics: metrics,
-		suspects: map[netip.Addr]bool{}, former: map[netip.Addr]bool{}}
+	return &Cleaner{k: k, flush: flushUnhealthy, metrics: metrics, precise: true,
+		suspects: map[netip.Addr]bool{}, backends: map[Suspect]bool{}, former: map[netip.Addr]bool{}}
 }
 
 // Applied is called after every successful apply of s to the kernel (the
@@ -124,6 +136,9 @@ func (c *Cleaner) Applied(ctx context.Context, s vip.State) (Result, error) {
 		sus, former := Lost(c.prev, s, c.flush)
 		for _, a := range sus {
 			c.suspects[a] = true
+		}
+		if len(sus) > 0 {
+			c.precise = false // addresses only
 		}
 		for _, a := range former {
 			c.former[a] = true
@@ -148,6 +163,9 @@ func (c *Cleaner) Changed(ctx context.Context, s vip.State, before []vip.VIP) (R
 	sus, former := LostIn(before, s, c.flush)
 	for _, a := range sus {
 		c.suspects[a] = true
+	}
+	for _, b := range LostBackends(before, s, c.flush) {
+		c.backends[b] = true
 	}
 	for _, a := range former {
 		c.former[a] = true
@@ -185,6 +203,9 @@ func (c *Cleaner) pass(ctx context.Context, s vip.State) (Result, error) {
 	opts := Options{FlushUnhealthy: c.flush, FormerVIPs: sortedAddrs(c.former)}
 	if !c.full {
 		opts.Suspects = sortedAddrs(c.suspects)
+		if c.precise {
+			opts.Backends = sortedSuspects(c.backends)
+		}
 	}
 	t := time.Now()
 	r, err := Cleanup(ctx, c.k, s, opts)
@@ -193,8 +214,9 @@ func (c *Cleaner) pass(ctx context.Context, s vip.State) (Result, error) {
 		c.full = true
 		return r, err
 	}
-	c.full = false
+	c.full, c.precise = false, true
 	clear(c.suspects)
+	clear(c.backends)
 	clear(c.former)
 	return r, nil
 }

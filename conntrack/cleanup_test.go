@@ -213,3 +213,40 @@ func TestCleaner(t *testing.T) {
 		}
 	}
 }
+
+// Changed knows which backends lost their place, protocol and port: its
+// pass asks a PortLister for those backends' flows alone, and deletes
+// exactly the stale ones.
+func TestCleanerChangedAsksForBackends(t *testing.T) {
+	base := desired(t, allHealthy(), vip.State{})
+	tb := newTable(t, base)
+	ctx := context.Background()
+	fake := NewFake(tb.all()...)
+	c := NewCleaner(fake, true, nil)
+	if r, err := c.Changed(ctx, base, nil); err != nil || !r.Full {
+		t.Fatalf("first pass: %+v, %v", r, err)
+	}
+	w := allHealthy()
+	w.web[0] = unhealthy
+	s := desired(t, w, base)
+	var before []vip.VIP
+	for _, v := range base.VIPs {
+		if slices.ContainsFunc(v.Backends, func(b vip.Backend) bool { return b.Addr == netip.MustParseAddr("198.19.0.11") }) {
+			before = append(before, v)
+		}
+	}
+	r, err := c.Changed(ctx, s, before)
+	if err != nil || r.Full || r.Deleted != len(tb.to("198.19.0.11")) {
+		t.Errorf("web.1 unhealthy: %+v, %v; want %d deleted", r, err, len(tb.to("198.19.0.11")))
+	}
+	asked := fake.Asked()
+	if len(asked) == 0 {
+		t.Fatal("the pass did not ask for backends")
+	}
+	for _, b := range asked {
+		if b.Backend.Addr() != netip.MustParseAddr("198.19.0.11") || b.Backend.Port() == 0 || b.Proto == 0 {
+			t.Errorf("asked for %+v, want web.1's backends only", b)
+		}
+	}
+	sameFlows(t, "deleted", fake.Deleted(), append(tb.to("198.19.0.99"), tb.to("198.19.0.11")...))
+}

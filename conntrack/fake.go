@@ -19,9 +19,13 @@ type Fake struct {
 	narrowed  int
 	flowsErr  error
 	deleteErr error
+	asked     []Suspect
 }
 
-var _ Interface = (*Fake)(nil)
+var (
+	_ Interface  = (*Fake)(nil)
+	_ PortLister = (*Fake)(nil)
+)
 
 // NewFake returns a table holding flows.
 func NewFake(flows ...Flow) *Fake { return &Fake{table: slices.Clone(flows)} }
@@ -72,6 +76,29 @@ func (f *Fake) Flows(ctx context.Context) ([]Flow, error) {
 // FlowsFrom implements Interface.
 func (f *Fake) FlowsFrom(ctx context.Context, addrs []netip.Addr) ([]Flow, error) {
 	return f.list(ctx, addrs)
+}
+
+// FlowsOf implements PortLister. It counts as a narrowed listing; Asked
+// says what it was asked for last.
+func (f *Fake) FlowsOf(ctx context.Context, backends []Suspect) ([]Flow, error) {
+	addrs := make([]netip.Addr, 0, len(backends))
+	for _, b := range backends {
+		addrs = append(addrs, b.Backend.Addr())
+	}
+	flows, err := f.list(ctx, addrs)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked = slices.Clone(backends)
+	return slices.DeleteFunc(flows, func(fl Flow) bool {
+		return !slices.Contains(backends, Suspect{Proto: fl.Proto, Backend: fl.ReplySrc})
+	}), err
+}
+
+// Asked returns the backends the last FlowsOf asked for.
+func (f *Fake) Asked() []Suspect {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.asked)
 }
 
 func (f *Fake) list(ctx context.Context, addrs []netip.Addr) ([]Flow, error) {

@@ -128,9 +128,9 @@ func (d *filtered) recv() ([]byte, error) {
 // it (a dump of the DNATed IPv4 flows when there are more than a few
 // addresses), and a dump of the DNATed IPv6 flows when there is an IPv6
 // address; the rest is selected here.
-func (k *Kernel) FlowsFrom(ctx context.Context, addrs []netip.Addr) (flows []Flow, err error) {
+func (k *Kernel) FlowsFrom(ctx context.Context, addrs []netip.Addr) ([]Flow, error) {
 	want := make(map[netip.Addr]bool, len(addrs))
-	var v4 []netip.Addr
+	var v4 []Suspect
 	six := false
 	for _, a := range addrs {
 		if !a.IsValid() || want[a] {
@@ -138,12 +138,45 @@ func (k *Kernel) FlowsFrom(ctx context.Context, addrs []netip.Addr) (flows []Flo
 		}
 		want[a] = true
 		if a.Is4() {
-			v4 = append(v4, a)
+			v4 = append(v4, Suspect{Backend: netip.AddrPortFrom(a, 0)})
 		} else {
 			six = true
 		}
 	}
-	if len(want) == 0 {
+	return k.dumps(ctx, v4, six, func(f Flow) bool { return want[f.ReplySrc.Addr()] })
+}
+
+// FlowsOf is FlowsFrom narrowed to the backends' ports: one dump per IPv4
+// backend that asks only for the DNATed flows of its protocol whose reply
+// comes from its address and port (a dump of the DNATed IPv4 flows when
+// there are more than a few backends), and a dump of the DNATed IPv6 flows
+// when there is an IPv6 backend; the rest is selected here. A host runs
+// many tasks: narrowed to the address alone, the dump would carry (and
+// this would decode) the flows of all of them.
+func (k *Kernel) FlowsOf(ctx context.Context, backends []Suspect) ([]Flow, error) {
+	want := make(map[Suspect]bool, len(backends))
+	var v4 []Suspect
+	six := false
+	for _, s := range backends {
+		if !s.Backend.IsValid() || s.Proto == 0 || want[s] {
+			continue
+		}
+		want[s] = true
+		if s.Backend.Addr().Is4() {
+			v4 = append(v4, s)
+		} else {
+			six = true
+		}
+	}
+	return k.dumps(ctx, v4, six, func(f Flow) bool { return want[Suspect{Proto: f.Proto, Backend: f.ReplySrc}] })
+}
+
+// dumps runs the dumps of FlowsFrom and FlowsOf: one per IPv4 filter (a
+// dump of the family when there are more than a few, or when the kernel
+// refused a filter before), one of the IPv6 family when six is set, and
+// keeps the DNATed flows that keep accepts.
+func (k *Kernel) dumps(ctx context.Context, v4 []Suspect, six bool, keep func(Flow) bool) (flows []Flow, err error) {
+	if len(v4) == 0 && !six {
 		return nil, nil
 	}
 	k.mu.Lock()
@@ -158,28 +191,30 @@ func (k *Kernel) FlowsFrom(ctx context.Context, addrs []netip.Addr) (flows []Flo
 	}
 	defer end(&err)
 	if len(v4) > d.maxOne || d.noTuple {
-		v4 = []netip.Addr{{}}
+		v4 = []Suspect{{}}
 	}
-	for _, a := range v4 {
-		if flows, err = d.dump(flows, familyIPv4, a, want); err != nil {
+	for _, f := range v4 {
+		if flows, err = d.dump(flows, familyIPv4, f, keep); err != nil {
 			return nil, err
 		}
 	}
 	if six {
-		if flows, err = d.dump(flows, familyIPv6, netip.Addr{}, want); err != nil {
+		if flows, err = d.dump(flows, familyIPv6, Suspect{}, keep); err != nil {
 			return nil, err
 		}
 	}
 	return flows, nil
 }
 
-// dump appends the DNATed flows of one dump to out, keeping only those
-// whose reply source is in want.
-func (d *filtered) dump(out []Flow, fam uint8, replySrc netip.Addr, want map[netip.Addr]bool) ([]Flow, error) {
+// dump appends the DNATed flows of one dump to out, keeping only those that
+// keep accepts. filter, when valid, narrows the dump in the kernel to the
+// flows whose reply comes from its address (and, with a protocol, from its
+// port in that protocol).
+func (d *filtered) dump(out []Flow, fam uint8, filter Suspect, keep func(Flow) bool) ([]Flow, error) {
 	seq := d.nextSeq()
 	req := netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(msgCTGet), Flags: netlink.Request | netlink.Dump, Sequence: seq},
-		Data:   appendDumpRequest(nil, fam, replySrc),
+		Data:   appendDumpRequest(nil, fam, filter.Backend.Addr(), filter.Proto, filter.Backend.Port()),
 	}
 	if _, err := d.conn.Send(req); err != nil {
 		return out, fmt.Errorf("send ctnetlink dump request: %w", err)
@@ -208,7 +243,7 @@ func (d *filtered) dump(out []Flow, fam uint8, replySrc netip.Addr, want map[net
 			if err != nil {
 				return fmt.Errorf("decode conntrack flow: %w", err)
 			}
-			if f.DNATed() && want[f.ReplySrc.Addr()] {
+			if f.DNATed() && keep(f) {
 				out = append(out, f)
 			}
 			return nil
@@ -222,11 +257,11 @@ func (d *filtered) dump(out []Flow, fam uint8, replySrc netip.Addr, want map[net
 		if errno == 0 {
 			return out, nil
 		}
-		if replySrc.IsValid() && (errno == unix.EOPNOTSUPP || errno == unix.EINVAL) {
+		if filter.Backend.IsValid() && (errno == unix.EOPNOTSUPP || errno == unix.EINVAL) {
 			// This kernel knows CTA_FILTER but refuses ours: dump the
 			// family instead, from now on.
 			d.noTuple = true
-			return d.dump(out, fam, netip.Addr{}, want)
+			return d.dump(out, fam, Suspect{}, keep)
 		}
 		return out, fmt.Errorf("ctnetlink dump: %w", errno)
 	}

@@ -76,7 +76,10 @@ type Kernel struct {
 	closed   bool
 }
 
-var _ Interface = (*Kernel)(nil)
+var (
+	_ Interface  = (*Kernel)(nil)
+	_ PortLister = (*Kernel)(nil)
+)
 
 // Option configures a Kernel.
 type Option func(*Kernel) error

@@ -64,6 +64,43 @@ func TestKernelLists(t *testing.T) {
 		}
 		sameFlows(t, fmt.Sprint("FlowsFrom ", addrs), got, want)
 	}
+
+	// FlowsOf narrows to backends (protocol, address and port): the
+	// kernel filters by reply port too, and a backend of another protocol
+	// or port on the same host is left out.
+	var backends []Suspect
+	seen := map[Suspect]bool{}
+	for _, f := range all {
+		s := Suspect{Proto: f.Proto, Backend: f.ReplySrc}
+		if !seen[s] {
+			seen[s] = true
+			backends = append(backends, s)
+		}
+	}
+	if len(backends) < 4 {
+		t.Fatalf("only %d backends in the flows", len(backends))
+	}
+	for _, set := range [][]Suspect{
+		backends[:1],
+		backends[1:3],
+		backends, // more than filtered dumps: family dumps
+		{{Proto: vip.TCP, Backend: netip.AddrPortFrom(sy.backends[0], 1)}}, // a port without flows
+	} {
+		got, err := k.FlowsOf(ctx(t), set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []Flow
+		for _, f := range all {
+			if slices.Contains(set, Suspect{Proto: f.Proto, Backend: f.ReplySrc}) {
+				want = append(want, f)
+			}
+		}
+		sameFlows(t, fmt.Sprint("FlowsOf ", set), got, want)
+	}
+	if k.filtered.noTuple {
+		t.Errorf("the kernel refused a CTA_FILTER on the reply address or port (Linux 5.8 or later knows it): FlowsOf dumps whole families")
+	}
 }
 
 // TestKernelDeletes deletes one backend's flows and checks with the tool

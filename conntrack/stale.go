@@ -25,6 +25,48 @@ type Options struct {
 	// of these: the backends that lost their place since the last successful
 	// cleanup (Lost returns them). Empty means every flow: the full pass.
 	Suspects []netip.Addr
+
+	// Backends, when set, narrows the listing further, for a kernel that
+	// can (Cleanup: a PortLister): to the flows whose reply comes from one
+	// of these, in its protocol (LostBackends returns them; their addresses
+	// are the Suspects).
+	Backends []Suspect
+}
+
+// A Suspect is a backend that lost its place in some VIP: the flows whose
+// reply comes from it, in its protocol, may be stale.
+type Suspect struct {
+	Proto   vip.Proto
+	Backend netip.AddrPort
+}
+
+// LostBackends is LostIn's suspects as backends (protocol, address and
+// port) rather than addresses, sorted.
+func LostBackends(before []vip.VIP, cur vip.State, flushUnhealthy bool) []Suspect {
+	sus := map[Suspect]bool{}
+	for _, v := range before {
+		now, ok := lookupVIP(cur, v.Key())
+		for _, b := range v.Backends {
+			if keeps(b.State, flushUnhealthy) && (!ok || !kept(now, b.AddrPort(), flushUnhealthy)) {
+				sus[Suspect{Proto: v.Proto, Backend: b.AddrPort()}] = true
+			}
+		}
+	}
+	return sortedSuspects(sus)
+}
+
+func sortedSuspects(m map[Suspect]bool) []Suspect {
+	out := make([]Suspect, 0, len(m))
+	for s := range m {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b Suspect) int {
+		if c := a.Backend.Compare(b.Backend); c != 0 {
+			return c
+		}
+		return int(a.Proto) - int(b.Proto)
+	})
+	return out
 }
 
 // pair is a backend of a VIP.

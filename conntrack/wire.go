@@ -67,8 +67,10 @@ const (
 	ctaProtoSrcPort = 2
 	ctaProtoDstPort = 3
 
-	ctaFilterReplyFlags = 2
-	filterFlagIPSrc     = 1 << 0 // CTA_FILTER_F_CTA_IP_SRC
+	ctaFilterReplyFlags    = 2
+	filterFlagIPSrc        = 1 << 0 // CTA_FILTER_F_CTA_IP_SRC
+	filterFlagProtoNum     = 1 << 3 // CTA_FILTER_F_CTA_PROTO_NUM
+	filterFlagProtoSrcPort = 1 << 4 // CTA_FILTER_F_CTA_PROTO_SRC_PORT
 
 	ipsDstNAT = 1 << 5 // IPS_DST_NAT
 )
@@ -108,21 +110,31 @@ func nfgenmsg(b []byte, family uint8) []byte { return append(b, family, 0, 0, 0)
 
 // appendDumpRequest appends the body of a dump request: every DNATed flow of
 // family (familyUnspec: both), or only those whose reply source address is
-// replySrc when it is a valid IPv4 address. Kernels that predate status or tuple filters
-// in dumps ignore the attributes and return more, so the caller still
-// selects in Go. The tuple filter is for IPv4 only: the kernels measured
-// here (6.18) invert the IPv6 address comparison of CTA_FILTER and return
-// every other flow instead.
-func appendDumpRequest(b []byte, fam uint8, replySrc netip.Addr) []byte {
+// replySrc when it is a valid IPv4 address, and then, when proto is set,
+// only those of that protocol whose reply source port is port. Kernels that
+// predate status or tuple filters in dumps ignore the attributes and return
+// more, so the caller still selects in Go. The tuple filter is for IPv4
+// only: the kernels measured here (6.18) invert the IPv6 address
+// comparison of CTA_FILTER and return every other flow instead.
+func appendDumpRequest(b []byte, fam uint8, replySrc netip.Addr, proto vip.Proto, port uint16) []byte {
 	b = nfgenmsg(b, fam)
 	if replySrc.Is4() && fam == familyIPv4 {
+		flags := uint32(filterFlagIPSrc)
 		b = nest(b, ctaTupleReply, func(b []byte) []byte {
-			return nest(b, ctaTupleIP, func(b []byte) []byte {
+			b = nest(b, ctaTupleIP, func(b []byte) []byte {
 				return appendAttr(b, ctaIPv4Src, replySrc.AsSlice())
+			})
+			if proto == 0 {
+				return b
+			}
+			flags |= filterFlagProtoNum | filterFlagProtoSrcPort
+			return nest(b, ctaTupleProto, func(b []byte) []byte {
+				b = appendAttr(b, ctaProtoNum, []byte{uint8(proto)})
+				return appendAttr(b, ctaProtoSrcPort, be16(port))
 			})
 		})
 		b = nest(b, ctaFilter, func(b []byte) []byte {
-			return appendAttr(b, ctaFilterReplyFlags, native.AppendUint32(nil, filterFlagIPSrc))
+			return appendAttr(b, ctaFilterReplyFlags, native.AppendUint32(nil, flags))
 		})
 	}
 	b = appendAttr(b, ctaStatus, be32(ipsDstNAT))

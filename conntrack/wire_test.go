@@ -107,16 +107,16 @@ func TestAppendDumpRequest(t *testing.T) {
 		_ = attrs(b[nfgenmsgLen:], func(typ uint16, _ []byte) error { m[typ]++; return nil })
 		return m
 	}
-	all := appendDumpRequest(nil, familyUnspec, netip.Addr{})
+	all := appendDumpRequest(nil, familyUnspec, netip.Addr{}, 0, 0)
 	if m := count(all); all[0] != familyUnspec || len(m) != 2 || m[ctaStatus] != 1 || m[ctaStatusMask] != 1 {
 		t.Errorf("full dump: family %d attrs %v", all[0], m)
 	}
-	one := appendDumpRequest(nil, familyIPv4, netip.MustParseAddr("198.19.0.11"))
+	one := appendDumpRequest(nil, familyIPv4, netip.MustParseAddr("198.19.0.11"), 0, 0)
 	if m := count(one); one[0] != familyIPv4 || m[ctaTupleReply] != 1 || m[ctaFilter] != 1 {
 		t.Errorf("filtered dump: family %d attrs %v", one[0], m)
 	}
 	// No IPv6 tuple filter: the kernel gets it backwards.
-	six := appendDumpRequest(nil, familyIPv6, netip.MustParseAddr("fd00:198:19::b"))
+	six := appendDumpRequest(nil, familyIPv6, netip.MustParseAddr("fd00:198:19::b"), 0, 0)
 	if m := count(six); six[0] != familyIPv6 || m[ctaTupleReply] != 0 || m[ctaFilter] != 0 {
 		t.Errorf("IPv6 dump: family %d attrs %v", six[0], m)
 	}
