@@ -599,7 +599,8 @@ func (r *Reconciler) Run(ctx context.Context, opts runner.Options) error {
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, ErrNoGoodState):
-			return nil // the first list triggers the next run
+			// The first list triggers the next run, at once.
+			return runner.ErrNothingDone
 		case errors.As(err, &stale):
 			// Applied; the source's next delivery triggers the next run.
 			r.log.Warn("sources stale; keeping their last state", "err", stale.Err, "why", why.String())

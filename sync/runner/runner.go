@@ -122,6 +122,11 @@ func (r *Runner) Trigger() {
 	}
 }
 
+// ErrNothingDone, returned by the function, says that the run did nothing
+// (it had nothing to work on yet): it counts as a success, but not as a run
+// for MinInterval, so that the trigger that brings work starts a run at once.
+var ErrNothingDone = errors.New("runner: nothing done")
+
 // ErrRunning is returned by Run when the runner is already running.
 var ErrRunning = errors.New("runner: Run is already running")
 
@@ -198,6 +203,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			reason |= Resync // triggers postponed it long enough
 		}
 
+		prevStart := lastStart
 		if !r.opts.ResyncEvery || reason != Resync {
 			// With ResyncEvery, MinInterval bounds the triggered runs: a
 			// periodic resync does not make the next trigger wait.
@@ -205,6 +211,10 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		err := r.fn(ctx, reason)
 		end := time.Now()
+		if errors.Is(err, ErrNothingDone) {
+			// Nothing to bound the next run by: it may follow at once.
+			lastStart, err = prevStart, nil
+		}
 		if ctx.Err() != nil {
 			return nil
 		}

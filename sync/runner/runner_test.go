@@ -473,3 +473,30 @@ func TestResyncMaxUnderTriggers(t *testing.T) {
 		stop()
 	})
 }
+
+// A run that did nothing (ErrNothingDone) does not make the next trigger
+// wait for MinInterval.
+func TestNothingDoneDoesNotDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := newRecorder()
+		first := true
+		fn := rec.fn
+		r := New(func(ctx context.Context, why Reason) error {
+			err := fn(ctx, why)
+			if first {
+				first = false
+				return ErrNothingDone
+			}
+			return err
+		}, Options{MinInterval: 500 * time.Millisecond})
+		stop := start(t, r)
+		rec.sleepUntil(100 * time.Millisecond)
+		r.Trigger()
+		rec.sleepUntil(time.Second)
+		rec.check(t,
+			run{0, Initial},
+			run{100 * time.Millisecond, Triggered},
+		)
+		stop()
+	})
+}
