@@ -857,18 +857,27 @@ func prefixMatch(p netip.Prefix) []expr.Any {
 
 // ---- reading back ----
 
-// observe reads l4lb's table from the kernel.
-func (k *Kernel) observe(want *Ruleset) (*observed, error) {
-	o := newObserved()
+// findTable returns l4lb's table as the kernel lists it, or nil when it has
+// none.
+func (k *Kernel) findTable() (*nftables.Table, error) {
 	tables, err := k.reader.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list tables: %w", err)
 	}
-	var t *nftables.Table
 	for _, x := range tables {
 		if x.Name == k.table {
-			t = x
+			return x, nil
 		}
+	}
+	return nil, nil
+}
+
+// observe reads l4lb's table from the kernel.
+func (k *Kernel) observe(want *Ruleset) (*observed, error) {
+	o := newObserved()
+	t, err := k.findTable()
+	if err != nil {
+		return nil, err
 	}
 	if t == nil {
 		return o, nil
@@ -1298,15 +1307,9 @@ func (k *Kernel) Snapshot() (*Snapshot, error) {
 	defer k.mu.Unlock()
 	s := &Snapshot{Table: k.table, VIPs: map[vip.Key]SnapVIP{}, Slots: map[vip.Key]map[int]netip.AddrPort{},
 		Chains: map[string][]SnapRule{}, Hooks: map[string]string{}}
-	tables, err := k.reader.ListTablesOfFamily(nftables.TableFamilyINet)
+	t, err := k.findTable()
 	if err != nil {
-		return nil, fmt.Errorf("list tables: %w", err)
-	}
-	var t *nftables.Table
-	for _, x := range tables {
-		if x.Name == k.table {
-			t = x
-		}
+		return nil, err
 	}
 	if t == nil {
 		return s, nil
