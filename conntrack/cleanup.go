@@ -160,13 +160,14 @@ func (c *Cleaner) Changed(ctx context.Context, s vip.State, before []vip.VIP) (R
 	if !c.started {
 		c.started, c.full = true, true
 	}
-	sus, former := LostIn(before, s, c.flush)
-	for _, a := range sus {
-		c.suspects[a] = true
-	}
-	for _, b := range LostBackends(before, s, c.flush) {
+	backends := LostBackends(before, s, c.flush)
+	for _, b := range backends {
 		c.backends[b] = true
 	}
+	for _, a := range suspectAddrs(backends) {
+		c.suspects[a] = true
+	}
+	former := formerVIPs(before, s)
 	for _, a := range former {
 		c.former[a] = true
 	}

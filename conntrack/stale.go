@@ -181,15 +181,21 @@ func Lost(prev, cur vip.State, flushUnhealthy bool) (suspects, former []netip.Ad
 // LostIn is Lost when only some VIPs changed: before lists them as they
 // were (the others are the same in cur), so the cost is that of the change.
 func LostIn(before []vip.VIP, cur vip.State, flushUnhealthy bool) (suspects, former []netip.Addr) {
-	sus := map[netip.Addr]bool{}
-	for _, v := range before {
-		now, ok := lookupVIP(cur, v.Key())
-		for _, b := range v.Backends {
-			if keeps(b.State, flushUnhealthy) && (!ok || !kept(now, b.AddrPort(), flushUnhealthy)) {
-				sus[b.Addr] = true
-			}
-		}
+	return suspectAddrs(LostBackends(before, cur, flushUnhealthy)), formerVIPs(before, cur)
+}
+
+// suspectAddrs is the addresses of backends, sorted.
+func suspectAddrs(backends []Suspect) []netip.Addr {
+	sus := make(map[netip.Addr]bool, len(backends))
+	for _, b := range backends {
+		sus[b.Backend.Addr()] = true
 	}
+	return sortedAddrs(sus)
+}
+
+// formerVIPs is the addresses of VIPs of before that are no longer l4lb's
+// at all in cur, sorted.
+func formerVIPs(before []vip.VIP, cur vip.State) []netip.Addr {
 	o := newOwner(cur, nil)
 	gone := map[netip.Addr]bool{}
 	for _, v := range before {
@@ -197,7 +203,7 @@ func LostIn(before []vip.VIP, cur vip.State, flushUnhealthy bool) (suspects, for
 			gone[v.Addr] = true
 		}
 	}
-	return sortedAddrs(sus), sortedAddrs(gone)
+	return sortedAddrs(gone)
 }
 
 func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
